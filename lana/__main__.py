@@ -1,0 +1,5 @@
+import sys
+
+from lana.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""The ``lana`` command line: a thin layer over the Python API.
+
+Each subcommand lives in ``lana/commands/<name>.py`` with ``register(subparsers)`` and ``run(args)``;
+its help text is the module docstring.  Errors the user can fix (:class:`lana.errors.LanaError`) print
+one line and exit with status 2; Ctrl-C exits with 130 after the command has saved what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from lana.errors import LanaError
+
+COMMANDS = (
+    "teachers", "ops", "devices", "profile", "lut", "search",
+    "train_teacher", "pretrain", "score", "select", "finetune",
+    "assemble", "validate", "bench", "run",
+)
+
+
+def _available_commands() -> list:
+    modules = []
+    for name in COMMANDS:
+        try:
+            modules.append(importlib.import_module(f"lana.commands.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lana.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lana", description="Latency-aware network acceleration: make a trained network N times "
+        "faster on a given device with the least accuracy lost.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _available_commands():
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except LanaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: everything measured so far is saved; re-run the same command "
+              "(with --resume where it applies) to continue", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+def profile_main(argv: Sequence[str] | None = None) -> int:
+    """``lana-profile ...`` is ``lana profile ...``."""
+    return main(["profile", *(sys.argv[1:] if argv is None else argv)])
+
+
+def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None
+                   ) -> argparse.ArgumentParser:
+    """A subcommand parser whose help is the first docstring line and description the whole."""
+    text = (doc or "").strip()
+    return sub.add_parser(name, help=text.splitlines()[0] if text else None, description=text,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
