@@ -1,0 +1,103 @@
+"""Measure an architecture end to end on a device and compare with what its LUT predicted.
+
+The network is built from the architecture file and timed with the LUT's backend, thread count and
+protocol, the way the LUT entries were timed.  Prints predicted latency (raw LUT sum and
+calibrated), measured latency, the relative error, and whether the budget holds in reality.  The
+budget is --budget (milliseconds, or 0.5x = half the LUT-predicted teacher), else the
+architecture file's budget_ms.  Exit status 1 when the measured latency exceeds the budget by more
+than --tolerance, so the command can guard a budget in CI.  --json prints {"predicted_ms",
+"predicted_calibrated_ms", "measured_ms", "rel_error", "budget_ms", "within_budget", ...}.
+
+    lana validate --arch run/arch.json --device cpu-ort --lut luts/cpu-ort/demo.json --budget 0.5x
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+
+from lana.cli import command_parser
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command_parser(sub, "validate", __doc__)
+    p.add_argument("--arch", required=True, help="architecture file written by lana search")
+    p.add_argument("--index", type=int, help="which architecture of a file holding several")
+    p.add_argument("--device", required=True, help="device preset the LUT was measured with")
+    p.add_argument("--lut", required=True, help="the LUT the architecture was searched with")
+    p.add_argument("--budget", help="milliseconds, or a fraction of the teacher such as 0.5x "
+                   "(default: the architecture file's budget_ms)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="fraction the measured latency may exceed the budget by (default 0.05)")
+    p.add_argument("--weights", help="student.pt to measure (default: random weights; latency "
+                   "does not depend on them)")
+    p.add_argument("--selector", help="layer glob, for user modules (path/file.py:factory)")
+    p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measure this many times and keep the median (default 3)")
+    p.add_argument("--plot", help="write a PNG of predicted vs. measured latency here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lana.commands.assemble import print_warnings
+    from lana.validate import plot_predicted_vs_measured, validate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        result = validate(args.arch, args.device, args.lut, budget=args.budget,
+                          tolerance=args.tolerance, weights=args.weights, index=args.index,
+                          selector=args.selector, input_shape=args.input_shape,
+                          repeats=args.repeats)
+    print_warnings(caught)
+    if args.plot:
+        plot_predicted_vs_measured([(result.predicted_ms, result.measured_ms)], args.plot,
+                                   calibrated=[(result.predicted_calibrated_ms,
+                                                result.measured_ms)] if result.calibrated else None,
+                                   title=f"{result.teacher} student on {result.device}")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        _print_table(result)
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0 if result.passed else 1
+
+
+def _print_table(r) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{r.teacher} student on {r.device} (LUT {r.lut})", title_justify="left")
+    table.add_column("")
+    table.add_column("ms", justify="right")
+    table.add_column("vs. measured", justify="right")
+    table.add_row("predicted (LUT sum)", f"{r.predicted_ms:.3f}", f"{r.rel_error_raw:+.1%}")
+    table.add_row("predicted (calibrated)" if r.calibrated else "predicted (no calibration)",
+                  f"{r.predicted_calibrated_ms:.3f}", f"{r.rel_error:+.1%}")
+    table.add_row("measured (median)", f"{r.measured_ms:.3f}",
+                  f"p10 {r.measured_p10_ms:.3f} / p90 {r.measured_p90_ms:.3f}, n={r.measured_n}"
+                  + (" NOISY" if r.noisy else ""))
+    if not math.isnan(r.teacher_predicted_ms):
+        table.add_row("teacher (LUT-predicted)", f"{r.teacher_predicted_ms:.3f}",
+                      f"speed-up {r.teacher_predicted_ms / r.measured_ms:.2f}x measured")
+    if r.budget_ms is not None:
+        verdict = ("[green]holds[/]" if r.within_budget else
+                   "[yellow]missed, within tolerance[/]" if r.passed else "[red]MISSED[/]")
+        table.add_row(f"budget ({r.budget_source})", f"{r.budget_ms:.3f}",
+                      f"{verdict} ({r.measured_ms / r.budget_ms - 1:+.1%}, tolerance "
+                      f"{r.tolerance:.0%})")
+    console = Console()
+    console.print(table)
+    if r.weights == "random":
+        console.print("weights: random (latency does not depend on them)")
+    if not r.calibrated:
+        console.print("the LUT has no calibration; run lana lut calibrate to correct the LUT sum")
+    if not r.passed:
+        print(f"measured {r.measured_ms:.3f} ms exceeds the budget {r.budget_ms:.3f} ms by more "
+              f"than {r.tolerance:.0%}", file=sys.stderr)

@@ -1,0 +1,452 @@
+"""End-to-end latency validation: the assembled network measured against what its LUT predicted.
+
+A LUT predicts a network as the sum of its parts, but runtimes are not additive (per-call overhead,
+caches, fusion across layer boundaries).  :func:`validate` builds the network an architecture file
+describes, measures it end to end through exactly the path the LUT entries were measured with
+(``lana.ops.deploy``, ONNX export when the backend takes ONNX, the ``profilers`` backend with the
+LUT's thread count and protocol), and reports predicted (raw and calibrated) against measured, and
+whether a latency budget holds in reality.
+
+:class:`NetworkSession` is that measuring path for whole networks; calibration (``lana.calibrate``)
+and ``lana bench`` use it too, so every end-to-end figure in the toolkit is taken the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from lana.errors import LanaError, UnknownNameError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from lana.assemble import Architecture
+    from lana.lut import Lut
+    from profilers import BackendConfig, Measurement, Preset, Protocol
+
+
+class ValidationError(LanaError):
+    """Validation that cannot run as asked (bad budget, LUT for another device or input size)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, LUT settings, measuring
+
+
+def resolve_device(device: str) -> "Preset":
+    """The device preset ``device`` (a name or a TOML path), refused when it cannot run here."""
+    from profilers import ProfilerError, UnknownPresetError, load_preset
+
+    try:
+        preset = load_preset(device)
+    except UnknownPresetError as exc:
+        raise UnknownNameError(str(exc)) from None
+    except ProfilerError as exc:
+        raise ValidationError(str(exc)) from None
+    reason = preset.unusable_reason()
+    if reason is not None:
+        raise ValidationError(f"device {preset.name!r} cannot run here: {reason}")
+    return preset
+
+
+def open_lut(path: str | Path, device: str, *, teacher: str | None = None) -> tuple["Lut", "Preset"]:
+    """Load a LUT and the preset it must have been measured with; refuses a LUT of another device."""
+    from lana.lut import Lut
+
+    preset = resolve_device(device)
+    lut = Lut.load(path, teacher=teacher)
+    if lut.preset != preset.name:
+        raise ValidationError(
+            f"LUT {path} was measured on device {lut.preset!r}, not {preset.name!r}; pass "
+            f"--device {lut.preset} or a LUT of {preset.name} (lana-profile --device {device} "
+            f"--teacher {lut.teacher} --pool {lut.pool} --out NEW.json)")
+    if lut.batch_size != preset.batch_size:
+        preset = dataclasses.replace(preset, batch_size=lut.batch_size)
+    return lut, preset
+
+
+def check_lut_layers(lut: "Lut", teacher: Any) -> None:
+    """Refuse a LUT whose layer list is not this teacher's (another selector, or the teacher
+    changed since profiling): its entries would describe other layers."""
+    layers = lut.layers
+    if not layers:
+        return
+    problem = None
+    if len(layers) != len(teacher.layers):
+        problem = f"{len(layers)} layers, the teacher has {len(teacher.layers)}"
+    else:
+        for i, (entry, layer) in enumerate(zip(layers, teacher.layers)):
+            own = teacher.teacher_spec(i).key
+            listed = [k for k in entry.get("ops", ()) if k.startswith("teacher:")]
+            if entry.get("name") != layer.name or (listed and own not in listed):
+                problem = f"layer {i} ({layer.name}) differs"
+                break
+    if problem is not None:
+        raise ValidationError(f"LUT {lut.path} was profiled for another version of teacher "
+                              f"{teacher.name} ({problem}); re-profile it: "
+                              f"{lut.command(resume=True)}")
+
+
+def lut_protocol(lut: "Lut") -> "Protocol":
+    """The protocol the LUT's entries were measured with (fields this version does not know dropped)."""
+    from profilers import Protocol
+
+    names = {f.name for f in dataclasses.fields(Protocol)}
+    return Protocol.from_dict({k: v for k, v in lut.protocol.items() if k in names})
+
+
+def lut_backend_config(lut: "Lut", preset: "Preset") -> "BackendConfig":
+    """The preset's backend settings with the LUT's recorded thread count (a CPU preset says
+    ``threads = "physical"``, which may resolve differently on this machine)."""
+    config = preset.backend_config()
+    recorded = lut.device.get("threads")
+    if config.device == "cpu" and isinstance(recorded, int) and recorded != config.threads:
+        warnings.warn(f"the LUT was measured with {recorded} threads, this machine's preset gives "
+                      f"{config.threads}; measuring with {recorded} so the figures compare",
+                      stacklevel=2)
+        config = dataclasses.replace(config, threads=recorded)
+    return config
+
+
+# A whole network runs for milliseconds, long enough for a busy machine's scheduler to cut into
+# many iterations of one attempt; such an attempt is flagged noisy by the timing core and, with
+# these re-measurements, replaced by a clean one when the machine allows.
+NETWORK_RETRIES = 3
+
+
+def network_protocol(protocol: "Protocol") -> "Protocol":
+    """``protocol`` for whole networks: the same, with at least :data:`NETWORK_RETRIES`
+    re-measurements of a noisy attempt (the least noisy attempt is kept)."""
+    return protocol.replace(retries=max(protocol.retries, NETWORK_RETRIES))
+
+
+def robust_pick(measurements: Sequence["Measurement"]) -> "Measurement":
+    """The repeat to report: of the repeats not flagged noisy (all of them when every one is),
+    the one whose median is the median."""
+    if not measurements:
+        raise ValueError("no measurements to pick from")
+    clean = [m for m in measurements if not m.noisy] or list(measurements)
+    clean.sort(key=lambda m: m.median)
+    return clean[(len(clean) - 1) // 2]
+
+
+class NetworkSession:
+    """A whole network on a preset's backend, activated once and measured as often as asked.
+
+    ``model`` is an ``nn.Module`` (put in deployed form on a copy, exported to a temporary ONNX file
+    when the backend takes ONNX; the same path ``lana.profile`` measures ops with) or the path of an
+    ONNX file.  ``input_shape`` includes the batch.  Use as a context manager.
+    """
+
+    def __init__(self, model: "nn.Module | str | Path", input_shape: Sequence[int],
+                 preset: "Preset", *, config: "BackendConfig | None" = None,
+                 protocol: "Protocol | None" = None, label: str = "") -> None:
+        self.model = model
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.preset = preset
+        self.config = config if config is not None else preset.backend_config()
+        self.protocol = network_protocol(protocol if protocol is not None else preset.protocol)
+        self.label = label
+        self._backend = None
+        self._tmp: str | None = None
+
+    def __enter__(self) -> "NetworkSession":
+        import torch
+
+        from lana.export import export_onnx
+        from lana.ops import deploy
+        from profilers import BuildError, ProfilerError, get_backend
+
+        backend_cls = get_backend(self.preset.backend)
+        model: Any = self.model
+        if isinstance(model, (str, Path)):
+            if backend_cls.accepts != "onnx":
+                raise ValidationError(f"device {self.preset.name!r} times torch modules, not ONNX "
+                                      f"files; pass a student.pt or an architecture instead")
+            model = Path(model)
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # exporting; the backend sets its own threads
+            try:
+                model = deploy(copy.deepcopy(model))
+                if backend_cls.accepts == "onnx":
+                    self._tmp = tempfile.mkdtemp(prefix="lana-net-")
+                    model = export_onnx(model, self.input_shape, Path(self._tmp) / "net.onnx")
+            finally:
+                torch.set_num_threads(threads)
+        backend = backend_cls(model, self.input_shape, self.config)
+        try:
+            backend.activate()
+        except (BuildError, ProfilerError) as exc:
+            self._cleanup()
+            raise ValidationError(f"cannot run {self.label or 'the network'} on "
+                                  f"{self.preset.name}: {exc}") from None
+        except BaseException:
+            self._cleanup()
+            raise
+        self._backend = backend
+        return self
+
+    def measure(self, protocol: "Protocol | None" = None) -> "Measurement":
+        if self._backend is None:
+            raise RuntimeError("NetworkSession.measure() outside 'with'")
+        return self._backend.measure(network_protocol(protocol) if protocol else self.protocol)
+
+    def info(self) -> dict[str, Any]:
+        return self._backend.info() if self._backend is not None else {}
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._backend is not None:
+                self._backend.deactivate()
+        finally:
+            self._backend = None
+            self._cleanup()
+
+
+def measure_network(model: "nn.Module | str | Path", input_shape: Sequence[int], preset: "Preset",
+                    *, config: "BackendConfig | None" = None, protocol: "Protocol | None" = None,
+                    repeats: int = 1, label: str = "") -> "Measurement":
+    """Measure one network end to end (``repeats`` times in one session, see :func:`robust_pick`)."""
+    with NetworkSession(model, input_shape, preset, config=config, protocol=protocol,
+                        label=label) as session:
+        runs = [session.measure() for _ in range(max(1, repeats))]
+    return robust_pick(runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets
+
+
+def parse_budget(text: str | float | None, teacher_ms: float | None = None) -> float | None:
+    """``"4.2"``/``"4.2ms"`` -> 4.2 ms; ``"0.5x"`` -> half of ``teacher_ms`` (the LUT-predicted
+    teacher); ``None`` -> ``None``."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        value, relative = float(text), False
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(x|ms)?\s*", str(text))
+        if not m:
+            raise ValidationError(f"budget {text!r} is neither milliseconds (e.g. 4.2) nor a "
+                                  f"fraction of the teacher (e.g. 0.5x)")
+        value, relative = float(m[1]), m[2] == "x"
+    if not math.isfinite(value) or value <= 0:
+        raise ValidationError(f"budget must be positive, got {text!r}")
+    if relative:
+        if teacher_ms is None:
+            raise ValidationError(f"budget {text!r} is relative to the teacher, whose latency is "
+                                  f"unknown here; pass milliseconds")
+        return value * teacher_ms
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Predicted against measured latency of one network on one device (milliseconds)."""
+
+    teacher: str  # teacher name
+    device: str  # preset name
+    lut: str  # LUT path
+    ops: tuple[str, ...]  # the architecture's op keys
+    predicted_ms: float  # LUT sum (fixed + entries), uncalibrated
+    predicted_calibrated_ms: float  # lut.predict: calibrated when the LUT has a calibration
+    measured_ms: float  # median of the end-to-end measurement
+    measured_p10_ms: float
+    measured_p90_ms: float
+    measured_n: int  # timed iterations behind the median
+    noisy: bool  # the measurement stayed above the protocol's noise threshold
+    teacher_predicted_ms: float  # lut.predict of the teacher itself (what "0.5x" refers to)
+    budget_ms: float | None  # the budget checked, if any
+    budget_source: str | None  # where the budget came from
+    tolerance: float  # measured may exceed the budget by this fraction before it fails
+    weights: str  # "random" or the student file measured
+    calibrated: bool  # the LUT has a calibration
+
+    @property
+    def rel_error(self) -> float:
+        """(predicted_calibrated - measured) / measured: what the search believed, relative."""
+        return (self.predicted_calibrated_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def rel_error_raw(self) -> float:
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def within_budget(self) -> bool | None:
+        """Measured latency at or under the budget (None without a budget)."""
+        return None if self.budget_ms is None else self.measured_ms <= self.budget_ms
+
+    @property
+    def passed(self) -> bool:
+        """False when the measured latency exceeds the budget by more than the tolerance."""
+        return self.budget_ms is None or self.measured_ms <= self.budget_ms * (1 + self.tolerance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predicted_ms": self.predicted_ms,
+            "predicted_calibrated_ms": self.predicted_calibrated_ms,
+            "measured_ms": self.measured_ms, "rel_error": self.rel_error,
+            "budget_ms": self.budget_ms, "within_budget": self.within_budget,
+            "passed": self.passed, "tolerance": self.tolerance,
+            "rel_error_raw": self.rel_error_raw, "calibrated": self.calibrated,
+            "measured_p10_ms": self.measured_p10_ms, "measured_p90_ms": self.measured_p90_ms,
+            "measured_n": self.measured_n, "noisy": self.noisy,
+            "teacher_predicted_ms": (None if math.isnan(self.teacher_predicted_ms)
+                                     else self.teacher_predicted_ms),
+            "budget_source": self.budget_source,
+            "teacher": self.teacher, "device": self.device, "lut": self.lut,
+            "weights": self.weights, "ops": list(self.ops),
+        }
+
+
+def predicted(lut: "Lut", ops: Sequence[str]) -> tuple[float, float]:
+    """(raw, calibrated) LUT prediction of a network; coverage errors name the profile command."""
+    lut.require(ops)
+    return lut.predict_raw(ops), lut.predict(ops)
+
+
+def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
+             budget: str | float | None = None, tolerance: float = 0.05,
+             weights: str | Path | None = None, index: int | None = None,
+             selector: str | None = None, input_shape: Any = None, repeats: int = 1,
+             protocol: "Protocol | None" = None) -> Validation:
+    """Measure the network of ``arch`` end to end on ``device`` and compare with ``lut``.
+
+    ``budget`` is milliseconds or ``"<f>x"`` (a fraction of the LUT-predicted teacher); without it
+    the architecture's ``budget_ms`` is checked, if any.  ``weights`` is a ``student.pt``; when it
+    is missing the network is measured with random weights (latency does not depend on them) and a
+    warning says so.  ``protocol`` overrides the LUT's (tests); ``repeats`` > 1 measures several
+    times and keeps the median repeat.
+    """
+    from lana.assemble import Architecture, build_student, check_arch, load_student, read_arch
+    from lana.teachers import create_teacher
+
+    if not 0 <= tolerance < 10:
+        raise ValidationError(f"--tolerance is a fraction (0.05 = 5 %), got {tolerance}")
+    if not isinstance(arch, Architecture):
+        arch = read_arch(arch, index)
+    lut_obj, preset = open_lut(lut, device, teacher=arch.teacher)
+    teacher = create_teacher(arch.teacher, selector=selector or lut_obj.data.get("selector"),
+                             input_shape=input_shape, pretrained=False)
+    if tuple(lut_obj.input_shape) != tuple(teacher.input_shape):
+        raise ValidationError(f"LUT {lut} was profiled at input {tuple(lut_obj.input_shape)}, the "
+                              f"teacher runs at {teacher.input_shape}; use a LUT of this input size")
+    check_lut_layers(lut_obj, teacher)
+    check_arch(arch, teacher)
+    raw, calibrated = predicted(lut_obj, arch.ops)
+    teacher_keys = [teacher.teacher_spec(i).key for i in range(len(teacher.layers))]
+    teacher_ms = lut_obj.predict(teacher_keys) if all(lut_obj.has(k) for k in teacher_keys) else None
+    if budget is not None:
+        budget_ms = parse_budget(budget, teacher_ms)
+        source = f"--budget {budget}"
+    else:
+        budget_ms, source = arch.budget_ms, ("architecture file" if arch.budget_ms else None)
+
+    model = None
+    used = "random"
+    if weights is not None:
+        if Path(weights).is_file():
+            model = load_student(weights)
+            saved = [str(k) for k in read_student_ops(weights)]
+            if saved != list(arch.ops):
+                raise ValidationError(f"{weights} holds another architecture than the one given; "
+                                      f"pass the student.pt assembled from it")
+            used = str(weights)
+        else:
+            warnings.warn(f"weights file {weights} does not exist; measuring with random weights "
+                          f"(latency does not depend on them)", stacklevel=2)
+    if model is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _ = build_student(arch, teacher, check=False)
+    config = lut_backend_config(lut_obj, preset)
+    m = measure_network(model, (preset.batch_size, *teacher.input_shape), preset, config=config,
+                        protocol=protocol or lut_protocol(lut_obj), repeats=repeats,
+                        label=f"student of {arch.teacher}")
+    return Validation(
+        teacher=arch.teacher, device=preset.name, lut=str(lut), ops=tuple(arch.ops),
+        predicted_ms=raw, predicted_calibrated_ms=calibrated, measured_ms=m.median,
+        measured_p10_ms=m.p10, measured_p90_ms=m.p90, measured_n=m.n, noisy=m.noisy,
+        teacher_predicted_ms=teacher_ms if teacher_ms is not None else math.nan,
+        budget_ms=budget_ms, budget_source=source, tolerance=float(tolerance), weights=used,
+        calibrated=lut_obj.calibration is not None)
+
+
+def read_student_ops(path: str | Path) -> list[str]:
+    from lana.assemble import read_student
+
+    return list(read_student(path)["arch"]["ops"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Plot
+
+
+def plot_predicted_vs_measured(points: Sequence[tuple[float, float]], path: str | Path, *,
+                               calibrated: Sequence[tuple[float, float]] | None = None,
+                               title: str = "predicted vs. measured latency",
+                               band: float = 0.05) -> Path:
+    """Scatter of (predicted, measured) ms with the y = x line and a +-``band`` band (PNG, Agg).
+
+    ``points`` are raw LUT sums; ``calibrated`` (optional) the same networks after calibration.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    series = [("LUT sum", points, "tab:blue", "o")]
+    if calibrated:
+        series.append(("calibrated", calibrated, "tab:orange", "s"))
+    every = [v for _, pts, _, _ in series for p in pts for v in p]
+    lo, hi = (min(every), max(every)) if every else (0.0, 1.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    line = [lo - pad, hi + pad]
+    ax.plot(line, line, color="black", lw=1, label="measured = predicted")
+    ax.fill_between(line, [v * (1 - band) for v in line], [v * (1 + band) for v in line],
+                    color="grey", alpha=0.2, label=f"+-{band:.0%}")
+    for name, pts, color, marker in series:
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, color=color, marker=marker,
+                       label=name, alpha=0.8)
+    ax.set_xlabel("predicted (ms)")
+    ax.set_ylabel("measured end to end (ms)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plot-", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["NetworkSession", "Validation", "ValidationError", "check_lut_layers",
+           "lut_backend_config", "lut_protocol",
+           "measure_network", "network_protocol", "open_lut", "parse_budget", "robust_pick", "plot_predicted_vs_measured",
+           "predicted", "resolve_device", "validate"]

@@ -1,0 +1,147 @@
+"""LUT calibration: the fit on synthetic distortions, sampling, and a real end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from lana.calibrate import (CalibrationError, apply_calibration, calibrate, error_stats,
+                            fit_calibration, sample_architectures, split_held_out)
+from lana.lut import Lut
+from lana.spec import OpSpec
+
+FAMILIES = ("efn", "cb_stack", "identity", "teacher")
+
+
+def synthetic(n: int, seed: int, *, offset: float, slope: float, identity_ms: float = 0.0,
+              noise: float = 0.01, outliers: int = 0):
+    """Networks of 10 ops with random LUT sums; measured = offset + slope x sum (+ terms, noise)."""
+    rng = np.random.default_rng(seed)
+    keys, raw, measured = [], [], []
+    for _ in range(n):
+        fams = rng.choice(FAMILIES, size=10)
+        ks = [OpSpec.make(str(f), (8, 4, 4), (8, 4, 4), 1).key for f in fams]
+        r = float(rng.uniform(1.0, 6.0))
+        m = (offset + slope * r + identity_ms * sum(f == "identity" for f in fams))
+        keys.append(ks)
+        raw.append(r)
+        measured.append(m * (1 + rng.normal(0, noise)))
+    for j in rng.choice(n, size=outliers, replace=False):
+        measured[j] *= 1.6  # a measurement disturbed by another process
+    return raw, measured, keys
+
+
+def test_fit_recovers_a_known_affine_distortion_and_cuts_held_out_error():
+    raw, measured, keys = synthetic(60, 0, offset=0.45, slope=0.72, outliers=3)
+    held = split_held_out(len(raw), 0.33)
+    train = [i for i, h in enumerate(held) if not h]
+    test = [i for i, h in enumerate(held) if h]
+    fit, cv = fit_calibration([raw[i] for i in train], [measured[i] for i in train],
+                              [keys[i] for i in train])
+    assert set(cv) >= {"none", "offset", "ols", "relative", "huber"}
+    assert cv["none"] > 0.1 and fit.name != "none"
+    assert fit.slope == pytest.approx(0.72, rel=0.05)
+    assert fit.offset_ms == pytest.approx(0.45, abs=0.1)
+    before = error_stats([raw[i] for i in test], [measured[i] for i in test])
+    after = error_stats([fit.predict(raw[i], keys[i]) for i in test],
+                        [measured[i] for i in test])
+    assert before["median_abs"] > 0.15
+    assert after["median_abs"] < 0.03 and after["median_abs"] < before["median_abs"] / 5
+    # The robust fits are not dragged by the outliers the way plain least squares is.
+    assert min(cv["huber"], cv["relative"]) <= cv["ols"]
+
+
+def test_family_terms_are_chosen_only_when_they_earn_their_keep():
+    raw, measured, keys = synthetic(80, 1, offset=0.2, slope=0.9, identity_ms=-0.12, noise=0.003)
+    fit, cv = fit_calibration(raw, measured, keys)
+    assert fit.name == "families" and cv["families"] < cv["relative"]
+    # Family counts sum to the layer count, so only differences between terms are identified.
+    assert fit.family_ms["identity"] - fit.family_ms["efn"] == pytest.approx(-0.12, abs=0.03)
+    assert fit.predict(2.0, keys[0]) == pytest.approx(
+        apply_calibration(fit.to_calibration(), 2.0, keys[0]))
+    # Not allowed (a LUT reader that does not apply them): the best affine fit instead.
+    fit2, _ = fit_calibration(raw, measured, keys, allow_family_terms=False)
+    assert fit2.name != "families" and not fit2.family_ms
+    # A purely affine distortion: the extra terms do not earn their keep.
+    raw, measured, keys = synthetic(60, 2, offset=0.3, slope=0.8, noise=0.01)
+    assert fit_calibration(raw, measured, keys)[0].name != "families"
+
+
+def test_fit_refuses_too_few_points():
+    with pytest.raises(CalibrationError, match="at least 3"):
+        fit_calibration([1.0, 2.0], [1.0, 2.0])
+
+
+def test_held_out_split_spans_the_range():
+    held = split_held_out(30, 0.33)
+    idx = [i for i, h in enumerate(held) if h]
+    assert len(idx) == 10 and idx[0] < 3 and idx[-1] > 26
+
+
+def test_sampled_architectures_spread_over_the_latency_range(demo_lut):
+    lut = Lut.load(demo_lut)
+    archs = sample_architectures(lut, 12, seed=1)
+    assert len(set(archs)) == 12
+    teacher = tuple(next(k for k in layer["ops"] if k.startswith("teacher:"))
+                    for layer in lut.layers)
+    assert archs[0] == teacher
+    preds = sorted(lut.predict_raw(a) for a in archs)
+    fastest = lut.fixed_ms + sum(min(lut.latency(k) for k in layer["ops"]) for layer in lut.layers)
+    slowest = lut.fixed_ms + sum(max(lut.latency(k) for k in layer["ops"]) for layer in lut.layers)
+    assert preds[-1] - preds[0] > 0.4 * (slowest - fastest)
+    assert all(len(a) == len(lut.layers) for a in archs)
+    assert sample_architectures(lut, 12, seed=1) == archs  # reproducible
+
+
+def test_calibrate_end_to_end_on_the_demo_pool(demo_lut, tiny_device, tmp_path):
+    png = tmp_path / "cal.png"
+    report = calibrate(demo_lut, tiny_device, teacher="demo", samples=9, repeats=1, plot=png)
+    assert report.written and report.after["n"] == 3 and report.before["n"] == 3
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    lut = Lut.load(demo_lut)  # the stored calibration passes the LUT reader's checks
+    cal = lut.calibration
+    assert cal["kind"] == "affine" and cal["model"] == report.fit.name
+    assert cal["n_fit"] == 6 and cal["n_held_out"] == 3 and len(cal["points"]) == 9
+    # The search's lut.predict applies what was stored.
+    arch = sample_architectures(lut, 3, seed=5)[-1]
+    assert lut.predict(arch) == pytest.approx(apply_calibration(cal, lut.predict_raw(arch), arch))
+    if report.fit.name != "none":  # no correction can win when the LUT sum is already right
+        assert lut.predict(arch) != pytest.approx(lut.predict_raw(arch))
+    # The measured points are real: positive, and they were taken on this device.
+    assert all(p.measured_ms > 0 for p in report.points)
+    assert report.device == "cpu-ort-tiny"
+
+
+def test_calibrate_command(demo_lut, tiny_device, capsys):
+    from lana.commands import lut_calibrate
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    lut_calibrate.register_into(sub)
+    args = parser.parse_args(["calibrate", "--lut", str(demo_lut), "--device", tiny_device,
+                              "--samples", "8", "--repeats", "1", "--dry-run", "--json"])
+    assert args.func(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["written"] is False and Lut.load(demo_lut).calibration is None
+    assert {"before", "after"} <= set(doc["held_out"]) and len(doc["points"]) == 8
+
+    args = parser.parse_args(["calibrate", "--lut", str(demo_lut), "--device", "cpu-ort",
+                              "--samples", "8"])
+    from lana.errors import LanaError
+
+    with pytest.raises(LanaError, match="--device cpu-ort-tiny"):
+        args.func(args)
+    args = parser.parse_args(["calibrate", "--lut", str(demo_lut), "--device", tiny_device,
+                              "--teacher", "efficientnet_b0"])
+    with pytest.raises(LanaError, match="not 'efficientnet_b0'"):
+        args.func(args)
+
+
+def test_sampling_refuses_a_lut_without_layers(demo_lut):
+    lut = Lut.load(demo_lut)
+    lut.data["layers"] = []
+    with pytest.raises(CalibrationError, match="re-profile"):
+        sample_architectures(lut, 5)
