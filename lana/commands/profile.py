@@ -1,0 +1,70 @@
+"""Measure every candidate op of a teacher on a device and write a versioned latency LUT.
+
+Each distinct (op, shape) key is measured once across all layers, plus the teacher skeleton (the
+LUT's fixed part), with the device preset's backend, precision, batch size, threads and protocol
+(see `lana devices`).  Entries are saved as they are measured; after Ctrl-C or a kill, run the same
+command with --resume and nothing is measured twice.  Ops whose export or engine build fails are
+recorded as failed and skipped by the search.  Shards (--shard i/n) are joined with `lana lut merge`.
+
+    lana-profile --device cpu-ort --teacher demo --pool small --out luts/cpu-ort/demo-small.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from lana.cli import command_parser
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = command_parser(sub, "profile", __doc__)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", required=True,
+                   help="device preset name (see `lana devices`) or path/to/preset.toml")
+    p.add_argument("--teacher", required=True, help="registry name or path/to/file.py:factory")
+    p.add_argument("--pool", default="full", help="full, small or single-shot (default: full)")
+    p.add_argument("--out", help="LUT file to write (default: luts/<device>/<teacher>.json)")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--resume", action="store_true", help="continue an existing LUT file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing LUT file")
+    p.add_argument("--shard", help="measure only shard i of n (i/n, 1-based); merge with `lana lut merge`")
+    p.add_argument("--selector", help="glob over module names picking the teacher's layers")
+    p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
+    p.add_argument("--cache-dir", help="ONNX export cache (default: $LANA_CACHE_DIR or ~/.cache/lana)")
+    p.add_argument("--keep-samples", action="store_true", help="store raw samples in every entry")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run's report as JSON")
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM ends the run like Ctrl-C: flushed, resumable
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    from lana.profile import profile
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = profile(args.device, args.teacher, pool=args.pool, out=args.out,
+                         batch_size=args.batch_size, resume=args.resume, force=args.force,
+                         shard=args.shard, selector=args.selector, input_shape=args.input_shape,
+                         cache_dir=args.cache_dir, keep_samples=args.keep_samples,
+                         progress=not args.quiet and sys.stderr.isatty())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+        return 0
+    rate = report.measured / (report.loop_s / 60) if report.loop_s > 0 else 0.0
+    print(f"{report.out}: {report.measured} measured, {report.reused} already there, "
+          f"{report.failed} failed, {report.noisy} noisy (of {report.total} ops and the skeleton) "
+          f"in {report.wall_s:.0f} s ({rate:.0f} ops/min)")
+    return 0
+

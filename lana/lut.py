@@ -1,0 +1,586 @@
+"""Versioned latency look-up tables (LUTs): load, check, query, write atomically, merge, summarise, compare.
+
+A LUT is one JSON file (schema ``lana.lut/1``, see DESIGN.md "LUT file") holding the median latency
+of every candidate op of every layer of one teacher on one device preset, plus the latency of the
+teacher skeleton (``fixed``) so that a prediction is a total.  Loading checks what can silently go
+wrong: another schema major, op code changed since profiling (``ops_fingerprint``), units,
+teacher/batch/device mismatch, truncated JSON.  Every error is one line that says what to do,
+usually the exact ``lana-profile`` command.
+
+Writes are atomic (temp file + ``os.replace``).  While profiling, :class:`LutWriter` also appends
+each entry to a journal next to the file, so a killed profile loses nothing and ``--resume`` re-measures
+nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shlex
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from lana.errors import LanaError
+from lana.spec import parse_key
+
+SCHEMA = "lana.lut/1"
+SCHEMA_NAME, SCHEMA_MAJOR = "lana.lut", 1
+UNITS = "ms"
+_REQUIRED = ("teacher", "pool", "input_shape", "device", "protocol", "ops_fingerprint", "entries")
+
+
+class LutError(LanaError):
+    """A LUT file that cannot be used as it is (corrupt, other schema, other teacher, ...)."""
+
+
+class StaleLutError(LutError):
+    """A LUT profiled with other op implementations than the installed ones."""
+
+
+class LutCoverageError(LutError):
+    """Latencies asked for that the LUT does not have (missing or failed entries)."""
+
+
+def profile_command(*, device: str, teacher: str, pool: str, out: str | os.PathLike[str] | None,
+                    batch_size: int | None = None, selector: str | None = None,
+                    resume: bool = False, force: bool = False) -> str:
+    """The ``lana-profile`` command line that (re)makes a LUT with these settings."""
+    parts = ["lana-profile", "--device", device, "--teacher", teacher, "--pool", pool]
+    if selector:
+        parts += ["--selector", selector]
+    if batch_size is not None:
+        parts += ["--batch-size", str(batch_size)]
+    if out is not None:
+        parts += ["--out", str(out)]
+    if resume:
+        parts.append("--resume")
+    if force:
+        parts.append("--force")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Lut:
+    """One LUT document; build with :meth:`new`, :meth:`load` or :meth:`from_dict`."""
+
+    def __init__(self, data: dict[str, Any], path: Path | None = None) -> None:
+        self.data = data
+        self.path = path
+
+    # ----------------------------------------------------------------------------------- creation
+    @classmethod
+    def new(cls, *, teacher: str, pool: str, input_shape: Sequence[int], device: Mapping[str, Any],
+            protocol: Mapping[str, Any], ops_fingerprint: str,
+            layers: Sequence[Mapping[str, Any]] = (), **extra: Any) -> "Lut":
+        """An empty LUT (no entries, no ``fixed`` yet) with the given header."""
+        data: dict[str, Any] = {
+            "schema": SCHEMA, "teacher": teacher, "pool": pool, "input_shape": list(input_shape),
+            "device": dict(device), "protocol": dict(protocol), "ops_fingerprint": ops_fingerprint,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        data.update(extra)
+        data.update({"entries": {}, "fixed": None,
+                     "layers": [dict(layer) for layer in layers], "calibration": None})
+        return cls(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, teacher: str | None = None,
+             device: str | None = None, batch_size: int | None = None,
+             check_fingerprint: bool = True) -> "Lut":
+        """Read and check a LUT file; the keyword arguments say what the caller expects."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise LutError(f"LUT file {path} does not exist; make one with lana-profile "
+                           f"--device <preset> --teacher <name> --out {path}") from None
+        except OSError as exc:
+            raise LutError(f"cannot read LUT file {path}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            what = "truncated" if exc.pos >= len(text.rstrip()) else "corrupt"
+            raise LutError(f"LUT file {path} is {what} (invalid JSON at line {exc.lineno} column "
+                           f"{exc.colno}: {exc.msg}); re-run its lana-profile command with --resume, "
+                           f"or restore the file") from None
+        lut = cls.from_dict(data, path=path, check_fingerprint=check_fingerprint)
+        lut.check_expected(teacher=teacher, device=device, batch_size=batch_size)
+        return lut
+
+    @classmethod
+    def from_dict(cls, data: Any, *, path: Path | None = None,
+                  check_fingerprint: bool = True) -> "Lut":
+        """Validate a parsed LUT document (schema, fields, units, entries, fingerprint)."""
+        where = f"LUT file {path}" if path is not None else "LUT"
+        if not isinstance(data, dict):
+            raise LutError(f"{where} is not a LANA LUT (top level is not a JSON object)")
+        schema = data.get("schema")
+        name, _, major = str(schema).partition("/")
+        if name != SCHEMA_NAME or not major.isdigit():
+            raise LutError(f"{where} is not a LANA LUT (schema {schema!r}, expected {SCHEMA!r})")
+        if int(major) != SCHEMA_MAJOR:
+            action = ("upgrade lana to read it" if int(major) > SCHEMA_MAJOR else
+                      "re-profile it with lana-profile ... --force")
+            raise LutError(f"{where} has schema {schema} but this lana reads {SCHEMA}; {action}")
+        missing = [f for f in _REQUIRED if f not in data]
+        if missing:
+            raise LutError(f"{where} lacks field(s) {missing}; it is damaged or not a LANA LUT")
+        units = data["protocol"].get("units") if isinstance(data["protocol"], dict) else None
+        if units != UNITS:
+            raise LutError(f"{where} stores latencies in {units!r}, this lana needs {UNITS!r}; "
+                           f"re-profile it with lana-profile")
+        if not isinstance(data["entries"], dict) or not isinstance(data["device"], dict):
+            raise LutError(f"{where}: 'entries' and 'device' must be JSON objects")
+        data.setdefault("fixed", None)
+        data.setdefault("layers", [])
+        data.setdefault("calibration", None)
+        lut = cls(data, path)
+        for key, entry in data["entries"].items():
+            try:
+                parse_key(key)
+            except ValueError as exc:
+                raise LutError(f"{where}: bad entry key: {exc}") from None
+            lut._check_entry(key, entry, where)
+        if data["fixed"] is not None:
+            lut._check_entry("fixed", data["fixed"], where)
+        calibration = data["calibration"]
+        if calibration is not None and (
+                not isinstance(calibration, dict) or calibration.get("kind") != "affine"
+                or not _is_number(calibration.get("offset_ms")) or not _is_number(calibration.get("slope"))):
+            raise LutError(f"{where}: calibration must be null or "
+                           f"{{\"kind\": \"affine\", \"offset_ms\": a, \"slope\": b}}")
+        terms = (calibration or {}).get("family_ms")
+        if terms is not None and (not isinstance(terms, dict)
+                                  or not all(_is_number(v) for v in terms.values())):
+            raise LutError(f"{where}: calibration.family_ms must map op families to ms")
+        if check_fingerprint:
+            lut.check_fingerprint()
+        return lut
+
+    @staticmethod
+    def _check_entry(key: str, entry: Any, where: str) -> None:
+        if isinstance(entry, dict) and isinstance(entry.get("failed"), str):
+            return
+        if not isinstance(entry, dict) or not _is_number(entry.get("median")) or entry["median"] < 0:
+            raise LutError(f"{where}: entry {key!r} needs a non-negative 'median' (ms) or a "
+                           f"'failed' reason, got {entry!r}")
+
+    # ------------------------------------------------------------------------------------ checks
+    def command(self, *, resume: bool = False, force: bool = False) -> str:
+        """The ``lana-profile`` command that makes (``force``) or completes (``resume``) this LUT."""
+        device = self.data["device"]
+        return profile_command(device=str(device.get("preset", "<preset>")), teacher=self.teacher,
+                               pool=self.pool, out=self.path, batch_size=self.batch_size,
+                               selector=self.data.get("selector"), resume=resume, force=force)
+
+    def check_fingerprint(self) -> None:
+        """Raise :class:`StaleLutError` when the op code changed since this LUT was profiled."""
+        from lana.ops import ops_fingerprint
+
+        current = ops_fingerprint()
+        if self.ops_fingerprint != current:
+            raise StaleLutError(
+                f"{self._where()} was profiled with other op code (ops fingerprint "
+                f"{str(self.ops_fingerprint)[:12]}, installed {current[:12]}); its latencies may "
+                f"not match the ops any more, re-profile: {self.command(force=True)}")
+
+    def check_expected(self, *, teacher: str | None = None, device: str | None = None,
+                       batch_size: int | None = None) -> None:
+        """Raise :class:`LutError` when this LUT is for another teacher, device or batch size."""
+        preset = self.data["device"].get("preset")
+        if teacher is not None and teacher != self.teacher:
+            raise LutError(f"{self._where()} is for teacher {self.teacher!r}, not {teacher!r}; "
+                           f"profile one: lana-profile --device {preset} --teacher {teacher} "
+                           f"--pool {self.pool}")
+        if device is not None and device != preset:
+            raise LutError(f"{self._where()} was measured with device preset {preset!r}, not "
+                           f"{device!r}; pass a LUT for {device} or profile one with lana-profile "
+                           f"--device {device} --teacher {self.teacher}")
+        if batch_size is not None and batch_size != self.batch_size:
+            raise LutError(f"{self._where()} was measured at batch size {self.batch_size}, not "
+                           f"{batch_size}; profile one: lana-profile --device {preset} --teacher "
+                           f"{self.teacher} --pool {self.pool} --batch-size {batch_size}")
+
+    def _where(self) -> str:
+        return f"LUT {self.path}" if self.path is not None else "the LUT"
+
+    # ---------------------------------------------------------------------------------- accessors
+    @property
+    def teacher(self) -> str:
+        return self.data["teacher"]
+
+    @property
+    def pool(self) -> str:
+        return self.data["pool"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.data["input_shape"])
+
+    @property
+    def device(self) -> dict[str, Any]:
+        return self.data["device"]
+
+    @property
+    def preset(self) -> str:
+        return str(self.data["device"].get("preset"))
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.data["device"].get("batch_size", 1))
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return self.data["protocol"]
+
+    @property
+    def ops_fingerprint(self) -> str:
+        return self.data["ops_fingerprint"]
+
+    @property
+    def entries(self) -> dict[str, dict[str, Any]]:
+        return self.data["entries"]
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return self.data["layers"]
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        return self.data["calibration"]
+
+    @property
+    def fixed(self) -> dict[str, Any] | None:
+        return self.data["fixed"]
+
+    @property
+    def fixed_ms(self) -> float:
+        """Median latency of the teacher skeleton (stem, head, overhead)."""
+        fixed = self.data["fixed"]
+        if fixed is None or "median" not in fixed:
+            reason = f" ({fixed['failed']})" if fixed and "failed" in fixed else ""
+            raise LutCoverageError(f"{self._where()} has no 'fixed' (skeleton) latency{reason}; "
+                                   f"complete it: {self.command(resume=True)}")
+        return float(fixed["median"])
+
+    def has(self, key: str) -> bool:
+        """True when ``key`` has a measured latency (not missing, not failed)."""
+        entry = self.entries.get(key)
+        return entry is not None and "median" in entry
+
+    def failed(self, key: str) -> str | None:
+        """The reason ``key`` could not be measured, or None."""
+        entry = self.entries.get(key)
+        return entry.get("failed") if entry is not None else None
+
+    def latency(self, key: str) -> float:
+        """Median latency of ``key`` in ms; :class:`LutCoverageError` when missing or failed."""
+        entry = self.entries.get(key)
+        if entry is not None and "median" in entry:
+            return float(entry["median"])
+        if entry is not None:
+            raise LutCoverageError(f"op {key} failed to profile in {self._where()} "
+                                   f"({entry['failed']}); the search skips it")
+        raise LutCoverageError(f"op {key} is not in {self._where()}; add it: "
+                               f"{self.command(resume=True)}")
+
+    def predict_raw(self, keys: Iterable[str]) -> float:
+        """``fixed`` plus the sum of the op medians: the uncalibrated network latency (ms)."""
+        return self.fixed_ms + sum(self.latency(k) for k in keys)
+
+    def predict(self, keys: Iterable[str]) -> float:
+        """Predicted network latency (ms): :meth:`predict_raw`, calibrated when the LUT has one.
+
+        The calibration is ``offset_ms + slope * raw``, plus ``family_ms[family]`` for every op of
+        a family listed there (an optional per-family correction, e.g. for launch overhead).
+        """
+        keys = list(keys)
+        raw = self.predict_raw(keys)
+        cal = self.calibration
+        if cal is None:
+            return raw
+        out = float(cal["offset_ms"]) + float(cal["slope"]) * raw
+        terms = cal.get("family_ms") or {}
+        if terms:
+            out += sum(float(terms.get(_family(k), 0.0)) for k in keys)
+        return out
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        """Keys with no entry at all (failed entries are known, not missing)."""
+        return [k for k in dict.fromkeys(keys) if k not in self.entries]
+
+    def require(self, keys: Iterable[str]) -> None:
+        """Raise :class:`LutCoverageError` naming how many keys are missing and the command that adds them."""
+        keys = list(dict.fromkeys(keys))
+        missing = self.missing(keys)
+        if missing:
+            raise LutCoverageError(
+                f"{self._where()} lacks {len(missing)} of {len(keys)} needed entries "
+                f"(e.g. {missing[0]}); add them: {self.command(resume=True)}")
+
+    def required_keys(self) -> list[str]:
+        """Every key some layer needs, in layer order, without repeats."""
+        return list(dict.fromkeys(k for layer in self.layers for k in layer.get("ops", ())))
+
+    # ------------------------------------------------------------------------------------ writing
+    def set_entry(self, key: str, entry: Mapping[str, Any]) -> None:
+        parse_key(key)
+        self._check_entry(key, entry, self._where())
+        self.entries[key] = dict(entry)
+
+    def set_failed(self, key: str, reason: str) -> None:
+        self.set_entry(key, {"failed": " ".join(str(reason).split())[:500] or "failed"})
+
+    def set_fixed(self, entry: Mapping[str, Any]) -> None:
+        self._check_entry("fixed", entry, self._where())
+        self.data["fixed"] = dict(entry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def dumps(self) -> str:
+        """JSON text with one entry and one layer per line (readable diffs of shipped LUTs)."""
+        lines = ["{"]
+        items = list(self.data.items())
+        for i, (name, value) in enumerate(items):
+            comma = "," if i < len(items) - 1 else ""
+            if name == "entries" and value:
+                body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(value.items()))
+                lines.append(f" {json.dumps(name)}: {{\n{body}\n }}{comma}")
+            elif name == "layers" and value:
+                body = ",\n".join(f"  {json.dumps(layer)}" for layer in value)
+                lines.append(f" {json.dumps(name)}: [\n{body}\n ]{comma}")
+            else:
+                lines.append(f" {json.dumps(name)}: {json.dumps(value)}{comma}")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write atomically: a temp file in the same directory, fsync, then ``os.replace``."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise LutError("no path to save the LUT to")
+        atomic_write_text(target, self.dumps())
+        self.path = target
+        return target
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class LutWriter:
+    """Saves a LUT while it is being measured.
+
+    Every :meth:`add` appends one JSON line to ``<file>.journal`` (flushed to the OS at once, so a
+    SIGKILL loses nothing); every ``every`` entries or ``every_s`` seconds, and on :meth:`flush`,
+    the whole LUT is rewritten atomically and the journal emptied.  :meth:`recover` folds a leftover
+    journal back into the LUT on resume.
+    """
+
+    def __init__(self, lut: Lut, path: str | os.PathLike[str], *, every: int = 16,
+                 every_s: float = 10.0) -> None:
+        self.lut = lut
+        self.path = Path(path)
+        self.journal_path = journal_path(self.path)
+        self.every = every
+        self.every_s = every_s
+        self._pending = 0
+        self._last = time.monotonic()
+        self._journal = None
+
+    def add(self, key: str | None, entry: Mapping[str, Any]) -> None:
+        """Record ``entry`` for ``key`` (``None``: the skeleton's ``fixed`` latency)."""
+        if key is None:
+            self.lut.set_fixed(entry)
+        else:
+            self.lut.set_entry(key, entry)
+        if self._journal is None:
+            self._journal = open(self.journal_path, "a")
+        self._journal.write(json.dumps({"key": key, "entry": dict(entry)}) + "\n")
+        self._journal.flush()
+        self._pending += 1
+        if self._pending >= self.every or time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Rewrite the LUT file atomically and empty the journal."""
+        self.lut.save(self.path)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self.journal_path.unlink(missing_ok=True)
+        self._pending = 0
+        self._last = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+
+    @staticmethod
+    def recover(lut: Lut, path: str | os.PathLike[str]) -> int:
+        """Fold the journal next to ``path`` into ``lut``; returns how many entries it held."""
+        jpath = journal_path(Path(path))
+        if not jpath.exists():
+            return 0
+        count = 0
+        for line in jpath.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                key, entry = record["key"], record["entry"]
+                if key is None:
+                    lut.set_fixed(entry)
+                else:
+                    lut.set_entry(key, entry)
+            except (ValueError, KeyError, TypeError, LutError):
+                continue  # a line cut short by a kill; its op is simply measured again
+            count += 1
+        return count
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".journal")
+
+
+# ------------------------------------------------------------------------------ merge / show / diff
+_HEADER_MUST_MATCH = ("teacher", "pool", "input_shape", "protocol", "ops_fingerprint", "selector")
+_DEVICE_MUST_MATCH = ("preset", "backend", "device", "precision", "batch_size", "threads")
+
+
+def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None) -> Lut:
+    """Join LUTs of one profile split into shards (``--shard i/n``); their headers must agree."""
+    if not paths:
+        raise LutError("nothing to merge; pass two or more LUT files")
+    luts = [Lut.load(p, check_fingerprint=False) for p in paths]
+    base = luts[0]
+    merged = Lut(json.loads(json.dumps(base.data)))
+    merged.data.pop("shard", None)
+    merged.data["merged_from"] = [str(p) for p in paths]
+    seen = [base.device.get("seen")]
+    for other in luts[1:]:
+        diffs = [f for f in _HEADER_MUST_MATCH if base.data.get(f) != other.data.get(f)]
+        diffs += [f"device.{f}" for f in _DEVICE_MUST_MATCH if base.device.get(f) != other.device.get(f)]
+        if diffs:
+            raise LutError(f"cannot merge {other.path} into {base.path}: they differ in "
+                           f"{', '.join(diffs)}; merge only shards of one lana-profile command")
+        for key, entry in other.entries.items():
+            current = merged.entries.get(key)
+            if current is None or ("failed" in current and "median" in entry):
+                merged.entries[key] = entry
+        if merged.fixed is None or ("median" not in merged.fixed and other.fixed and "median" in other.fixed):
+            merged.data["fixed"] = other.fixed
+        if len(other.layers) > len(merged.layers):
+            merged.data["layers"] = other.layers
+        if other.device.get("seen") not in seen:
+            seen.append(other.device.get("seen"))
+    if len(seen) > 1:
+        merged.data["device"]["seen_shards"] = seen
+    if out is not None:
+        merged.save(out)
+    return merged
+
+
+def _family(key: str) -> str:
+    return parse_key(key).family
+
+
+def summarize(lut: Lut, *, top: int = 5) -> dict[str, Any]:
+    """Figures ``lana lut show`` prints: coverage, noise, extremes, per-family medians, fingerprint."""
+    measured = {k: e["median"] for k, e in lut.entries.items() if "median" in e}
+    failed = {k: e["failed"] for k, e in lut.entries.items() if "failed" in e}
+    required = lut.required_keys()
+    ordered = sorted(measured.items(), key=lambda kv: kv[1])
+    families: dict[str, list[float]] = defaultdict(list)
+    for key, ms in measured.items():
+        families[_family(key)].append(ms)
+    try:
+        lut.check_fingerprint()
+        fingerprint = "current"
+    except StaleLutError:
+        fingerprint = "stale"
+    except ImportError:
+        fingerprint = "unknown"
+    teacher_total = None
+    if lut.layers and lut.fixed and "median" in lut.fixed:
+        teacher_keys = [next((k for k in layer["ops"] if _family(k) == "teacher"), None)
+                        for layer in lut.layers]
+        if all(k is not None and k in measured for k in teacher_keys):
+            teacher_total = lut.fixed_ms + sum(measured[k] for k in teacher_keys)
+    return {
+        "path": str(lut.path) if lut.path else None, "teacher": lut.teacher, "pool": lut.pool,
+        "input_shape": list(lut.input_shape), "device": lut.device, "protocol": lut.protocol,
+        "created": lut.data.get("created"), "ops_fingerprint": fingerprint,
+        "entries": len(lut.entries), "measured": len(measured), "failed": len(failed),
+        "required": len(required), "missing": len(lut.missing(required)),
+        "noisy": sum(1 for e in lut.entries.values() if e.get("noisy")),
+        "fixed_ms": lut.fixed.get("median") if lut.fixed else None,
+        "teacher_total_ms": teacher_total, "calibration": lut.calibration,
+        "fastest": ordered[:top], "slowest": ordered[::-1][:top],
+        "families": {f: {"n": len(v), "median_ms": statistics.median(v)}
+                     for f, v in sorted(families.items())},
+        "failed_examples": list(failed.items())[:top],
+    }
+
+
+def diff(a: Lut, b: Lut, *, top: int = 5) -> dict[str, Any]:
+    """Compare two LUTs op by op: ratio b/a distribution, who is faster, per family, largest changes."""
+    common = sorted(k for k in a.entries if a.has(k) and b.has(k))
+    ratios = {k: b.latency(k) / a.latency(k) for k in common if a.latency(k) > 0}
+    rel = sorted(abs(b.latency(k) - a.latency(k)) / a.latency(k) for k in ratios)
+    values = sorted(ratios.values())
+    families: dict[str, list[float]] = defaultdict(list)
+    for key, r in ratios.items():
+        families[_family(key)].append(r)
+
+    def q(vals: list[float], p: float) -> float | None:
+        if not vals:
+            return None
+        h = (len(vals) - 1) * p
+        lo = math.floor(h)
+        hi = min(lo + 1, len(vals) - 1)
+        return vals[lo] + (h - lo) * (vals[hi] - vals[lo])
+
+    by_change = sorted(ratios.items(), key=lambda kv: abs(math.log(kv[1])) if kv[1] > 0 else math.inf)
+    return {
+        "a": {"path": str(a.path), "preset": a.preset, "teacher": a.teacher, "pool": a.pool},
+        "b": {"path": str(b.path), "preset": b.preset, "teacher": b.teacher, "pool": b.pool},
+        "same_device": a.preset == b.preset and ((a.device.get("seen") or {}).get("cpu")
+                                                 == (b.device.get("seen") or {}).get("cpu")),
+        "common": len(ratios), "only_a": sum(1 for k in a.entries if a.has(k) and not b.has(k)),
+        "only_b": sum(1 for k in b.entries if b.has(k) and not a.has(k)),
+        "ratio_b_over_a": {"min": q(values, 0), "p10": q(values, 0.1), "median": q(values, 0.5),
+                           "p90": q(values, 0.9), "max": q(values, 1)},
+        "abs_rel_change": {"median": q(rel, 0.5), "p95": q(rel, 0.95)},
+        "a_faster": sum(1 for r in values if r > 1), "b_faster": sum(1 for r in values if r < 1),
+        "fixed_ratio": (b.fixed_ms / a.fixed_ms if a.fixed and b.fixed and "median" in a.fixed
+                        and "median" in b.fixed and a.fixed_ms > 0 else None),
+        "families": {f: {"n": len(v), "median_ratio": statistics.median(v)}
+                     for f, v in sorted(families.items())},
+        "largest_changes": [(k, a.latency(k), b.latency(k)) for k, _ in by_change[::-1][:top]],
+    }

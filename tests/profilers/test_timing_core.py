@@ -1,0 +1,180 @@
+"""The timing core's statistics and stopping rules, driven by a fake clock (no hardware, exact)."""
+
+import gc
+
+import numpy as np
+import pytest
+
+from profilers import Measurement, ProfilerError, Protocol, Timer, quantile
+
+U = 1 / 1024  # one clock unit in seconds: multiples are exact in binary floating point
+U_MS = U * 1e3  # 0.9765625 ms, also exact
+
+
+class FakeClock:
+    """A clock that only moves when the timed function says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+def scripted(clock: FakeClock, units: list[int]):
+    """A function whose i-th call takes units[i] clock units; records how often it ran."""
+    calls = []
+
+    def fn():
+        clock.now += units[len(calls)] * U
+        calls.append(gc.isenabled())
+
+    return fn, calls
+
+
+def proto(**kw) -> Protocol:
+    base = dict(warmup_s=0.0, warmup_iters=0, min_iters=5, min_time_s=0.0, max_iters=1000,
+                noise_threshold=10.0, retries=0)
+    base.update(kw)
+    return Protocol(**base)
+
+
+def test_statistics_are_exact_with_a_fake_clock():
+    clock = FakeClock()
+    fn, calls = scripted(clock, [50, 50] + [3, 1, 5, 2, 4])
+    m = Timer(fn, protocol=proto(warmup_iters=2), clock=clock).measure()
+    assert m.samples_ms == tuple(u * U_MS for u in (3, 1, 5, 2, 4))  # warm-up not kept, order kept
+    assert m.n == 5 and len(calls) == 7
+    assert m.median == 3 * U_MS
+    assert m.p10 == pytest.approx(1.4 * U_MS, abs=1e-12)
+    assert m.p90 == pytest.approx(4.6 * U_MS, abs=1e-12)
+    assert m.iqr == 2 * U_MS  # q75 = 4 units, q25 = 2 units
+    assert m.relative_iqr == pytest.approx(2 / 3)
+    assert m.mean == 3 * U_MS
+    assert not m.noisy and m.attempts == 1
+    assert m.timed_s == pytest.approx(15 * U)
+    assert m.wall_s == pytest.approx(115 * U)
+
+
+def test_quantile_matches_numpy_linear_interpolation():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 100):
+        values = sorted(rng.exponential(size=n).tolist())
+        for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+            assert quantile(values, q) == pytest.approx(np.percentile(values, q * 100), rel=1e-12)
+
+
+def test_measurement_keeps_running_until_min_iters_and_min_time():
+    clock = FakeClock()
+    fn, _ = scripted(clock, [2] * 100)
+    # 5 iterations take 10 units < 32 units of min_time: it must go on to 16 iterations.
+    m = Timer(fn, protocol=proto(min_iters=5, min_time_s=32 * U), clock=clock).measure()
+    assert m.n == 16
+    clock2 = FakeClock()
+    fn2, _ = scripted(clock2, [64] * 100)
+    # Slow iterations: min_time is passed after one, but min_iters still asks for 5.
+    m2 = Timer(fn2, protocol=proto(min_iters=5, min_time_s=32 * U), clock=clock2).measure()
+    assert m2.n == 5
+
+
+def test_max_iters_caps_very_fast_ops():
+    clock = FakeClock()
+    fn, _ = scripted(clock, [1] * 100)
+    m = Timer(fn, protocol=proto(min_iters=3, max_iters=7, min_time_s=1000.0), clock=clock).measure()
+    assert m.n == 7
+
+
+def test_warmup_runs_for_both_its_count_and_its_time():
+    clock = FakeClock()
+    fn, calls = scripted(clock, [1] * 100)
+    Timer(fn, protocol=proto(warmup_iters=2, warmup_s=6 * U, min_iters=1), clock=clock).measure()
+    assert len(calls) == 6 + 1  # time-bound warm-up (6 x 1 unit), then one measured
+    clock = FakeClock()
+    fn, calls = scripted(clock, [10] * 100)
+    Timer(fn, protocol=proto(warmup_iters=4, warmup_s=6 * U, min_iters=1), clock=clock).measure()
+    assert len(calls) == 4 + 1  # count-bound warm-up
+
+
+def test_noisy_attempt_is_remeasured_and_the_quiet_one_kept():
+    clock = FakeClock()
+    noisy = [1, 10, 1, 10, 1]  # IQR/median = 9
+    quiet = [4, 4, 5, 4, 4]  # IQR/median = 0
+    fn, _ = scripted(clock, noisy + quiet)
+    m = Timer(fn, protocol=proto(noise_threshold=0.1, retries=2), clock=clock).measure()
+    assert m.attempts == 2 and not m.noisy
+    assert m.samples_ms == tuple(u * U_MS for u in quiet)
+    assert m.timed_s == pytest.approx(sum(noisy + quiet) * U)  # both attempts were timed
+    assert m.to_dict()["attempts"] == 2
+
+
+def test_entry_that_stays_noisy_keeps_its_least_disturbed_attempt():
+    clock = FakeClock()
+    a = [10, 30, 10, 30, 10]  # median 10, IQR/median 2
+    b = [4, 12, 4, 12, 4]  # median 4: interference only adds time, so this one is kept
+    c = [6, 7, 6, 7, 6]  # IQR/median 1/6, still above the threshold
+    fn, calls = scripted(clock, a + b + c)
+    m = Timer(fn, protocol=proto(noise_threshold=0.1, retries=2), clock=clock).measure()
+    assert m.noisy and m.attempts == 3 and len(calls) == 15
+    assert m.samples_ms == tuple(u * U_MS for u in b)
+    assert m.to_dict()["noisy"] is True
+    # A quiet re-measurement ends the retries and is kept even if its median is higher.
+    clock = FakeClock()
+    fn, calls = scripted(clock, b + [5, 5, 5, 5, 5] + a)
+    m = Timer(fn, protocol=proto(noise_threshold=0.1, retries=2), clock=clock).measure()
+    assert not m.noisy and m.attempts == 2 and len(calls) == 10 and m.median == 5 * U_MS
+
+
+def test_gc_is_off_while_timing_and_restored_after():
+    clock = FakeClock()
+    fn, calls = scripted(clock, [1] * 20)
+    assert gc.isenabled()
+    Timer(fn, protocol=proto(warmup_iters=2), clock=clock).measure()
+    assert calls and not any(calls)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        Timer(scripted(FakeClock(), [1] * 20)[0], protocol=proto()).measure()
+        assert not gc.isenabled()  # a caller's disabled GC stays disabled
+    finally:
+        gc.enable()
+
+
+def test_device_interval_supplies_the_samples_and_the_clock_the_stopping_rule():
+    clock = FakeClock()
+    device_ms = iter([0.5, 0.25, 0.75, 0.5, 0.5, 9.0])
+    synced = []
+
+    def interval():
+        clock.now += 8 * U
+        return next(device_ms)
+
+    m = Timer(lambda: None, protocol=proto(min_iters=2, min_time_s=40 * U), clock=clock,
+              interval=interval, sync=lambda: synced.append(1)).measure()
+    assert m.samples_ms == (0.5, 0.25, 0.75, 0.5, 0.5)  # 5 x 8 units reach 40 units
+    assert m.median == 0.5
+
+
+def test_protocol_validation_and_round_trip():
+    p = Protocol(min_iters=7, min_time_s=0.3)
+    assert Protocol.from_dict(p.to_dict()) == p
+    with pytest.raises(ProfilerError, match="unknown field"):
+        Protocol.from_dict({"min_iter": 3})
+    with pytest.raises(ProfilerError, match="max_iters >= min_iters"):
+        Protocol(min_iters=10, max_iters=5)
+    with pytest.raises(ProfilerError, match="units"):
+        Protocol(units="us")
+    with pytest.raises(ProfilerError, match="statistic"):
+        Protocol(statistic="mean")
+
+
+def test_measurement_to_dict_and_sample_option():
+    m = Measurement((1.0, 2.0, 3.0, 4.0))
+    d = m.to_dict()
+    assert set(d) == {"median", "p10", "p90", "iqr", "n", "noisy"}
+    assert d["median"] == 2.5 and d["n"] == 4 and d["iqr"] == 1.5
+    assert m.to_dict(samples=True)["samples"] == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ProfilerError):
+        Measurement(())
+    assert "median 2.5 ms" in repr(m)

@@ -1,0 +1,265 @@
+"""LUT files: round trip, atomic writes, the journal, every load error, coverage, merge/show/diff."""
+
+import json
+import os
+
+import pytest
+
+from lana.errors import LanaError
+from lana.lut import (Lut, LutCoverageError, LutError, LutWriter, StaleLutError, diff, journal_path,
+                      merge, summarize)
+from lana.ops import ops_fingerprint
+from lana.spec import OpSpec, op_key
+
+IN, OUT = (16, 8, 8), (16, 8, 8)
+TEACHER = op_key(OpSpec.make("teacher", IN, OUT, 1, sig="abc123abc123"))
+IDENTITY = op_key(OpSpec.make("identity", IN, OUT, 1))
+EFN = op_key(OpSpec.make("efn", IN, OUT, 1, e=3, k=3, se=None))
+CB = op_key(OpSpec.make("cb_stack", IN, OUT, 1, k=3, w=0.5))
+
+
+def entry(ms: float, **extra) -> dict:
+    return {"median": ms, "p10": ms * 0.9, "p90": ms * 1.1, "iqr": ms * 0.05, "n": 20,
+            "noisy": False, **extra}
+
+
+def make_lut(**header) -> Lut:
+    args = dict(teacher="demo", pool="small", input_shape=(1, 32, 32),
+                device={"preset": "cpu-ort", "backend": "ort", "precision": "fp32",
+                        "batch_size": 1, "threads": 2, "seen": {"cpu": "test cpu"}},
+                protocol={"warmup_s": 0.0, "min_iters": 5, "statistic": "median", "units": "ms"},
+                ops_fingerprint=ops_fingerprint(),
+                layers=[{"name": "blocks.0", "ops": [TEACHER, IDENTITY, EFN]},
+                        {"name": "blocks.1", "ops": [TEACHER, IDENTITY, CB]}])
+    args.update(header)
+    lut = Lut.new(**args)
+    lut.set_entry(TEACHER, entry(2.0))
+    lut.set_entry(IDENTITY, entry(0.01))
+    lut.set_entry(EFN, entry(1.0, noisy=True))
+    lut.set_failed(CB, "export failed: something\nwith two lines")
+    lut.set_fixed(entry(0.5))
+    return lut
+
+
+def write_json(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_round_trip_and_queries(tmp_path):
+    lut = make_lut()
+    path = lut.save(tmp_path / "luts" / "demo.json")
+    loaded = Lut.load(path, teacher="demo", device="cpu-ort", batch_size=1)
+    assert loaded.to_dict() == json.loads(path.read_text()) == lut.to_dict()
+    assert loaded.latency(TEACHER) == 2.0 and loaded.fixed_ms == 0.5
+    assert loaded.has(EFN) and not loaded.has(CB) and loaded.failed(CB).startswith("export failed")
+    assert "\n" not in loaded.failed(CB)
+    assert loaded.predict_raw([TEACHER, EFN]) == pytest.approx(0.5 + 2.0 + 1.0)
+    assert loaded.predict([TEACHER, EFN]) == loaded.predict_raw([TEACHER, EFN])
+    assert loaded.required_keys() == [TEACHER, IDENTITY, EFN, CB]
+    # One entry per line: a LUT diff shows the ops that changed.
+    lines = path.read_text().splitlines()
+    assert sum(1 for line in lines if line.lstrip().startswith(f'"{TEACHER}"')) == 1
+
+
+def test_calibration_is_applied_by_predict_only(tmp_path):
+    lut = make_lut()
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": 0.25, "slope": 2.0, "r2": 0.99}
+    loaded = Lut.load(lut.save(tmp_path / "c.json"))
+    raw = loaded.predict_raw([TEACHER])
+    assert loaded.predict([TEACHER]) == pytest.approx(0.25 + 2.0 * raw)
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": 0.25, "slope": 2.0,
+                               "family_ms": {"efn": 0.125}}
+    loaded = Lut.load(lut.save(tmp_path / "c.json"))
+    assert loaded.predict([TEACHER, EFN, EFN]) == pytest.approx(
+        0.25 + 2.0 * loaded.predict_raw([TEACHER, EFN, EFN]) + 2 * 0.125)
+    lut.data["calibration"] = {"kind": "quadratic"}
+    with pytest.raises(LutError, match="calibration must be"):
+        Lut.load(lut.save(tmp_path / "c.json"))
+
+
+def test_missing_and_failed_entries(tmp_path):
+    lut = Lut.load(make_lut().save(tmp_path / "demo.json"))
+    with pytest.raises(LutCoverageError, match="failed to profile"):
+        lut.latency(CB)
+    missing = op_key(OpSpec.make("efn", IN, OUT, 1, e=6, k=5, se=None))
+    with pytest.raises(LutCoverageError, match="not in LUT") as info:
+        lut.predict([TEACHER, missing])
+    assert "lana-profile --device cpu-ort --teacher demo --pool small" in str(info.value)
+    lut.require([TEACHER, IDENTITY, CB])  # failed entries are known, not missing
+    other = op_key(OpSpec.make("cb_stack", IN, OUT, 1, k=5, w=1))
+    with pytest.raises(LutCoverageError) as info:
+        lut.require([TEACHER, missing, other, missing])
+    message = str(info.value)
+    assert "lacks 2 of 3 needed entries" in message
+    assert message.endswith(f"add them: lana-profile --device cpu-ort --teacher demo --pool small "
+                            f"--batch-size 1 --out {tmp_path / 'demo.json'} --resume")
+    assert "\n" not in message
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = make_lut().save(tmp_path / "demo.json")
+    before = path.read_text()
+    changed = make_lut()
+    changed.set_entry(EFN, entry(9.0))
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        changed.save(path)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json"]  # no temp file left
+    changed.save(path)
+    assert Lut.load(path).latency(EFN) == 9.0
+    assert oct(path.stat().st_mode & 0o777) != "0o600"  # not the temp file's private mode
+
+
+def test_writer_journal_survives_a_kill_and_is_recovered(tmp_path):
+    path = tmp_path / "demo.json"
+    lut = make_lut()
+    lut.data["entries"] = {}
+    writer = LutWriter(lut, path, every=3, every_s=1e9)
+    writer.flush()
+    writer.add(TEACHER, entry(2.0))
+    writer.add(IDENTITY, entry(0.01))
+    # "killed" here: two entries only in the journal, the file has none
+    assert Lut.load(path).entries == {}
+    assert len(journal_path(path).read_text().splitlines()) == 2
+    with open(journal_path(path), "a") as f:
+        f.write('{"key": "efn:e=3')  # a line cut short by the kill
+    resumed = Lut.load(path)
+    assert LutWriter.recover(resumed, path) == 2
+    assert resumed.entries == {TEACHER: entry(2.0), IDENTITY: entry(0.01)}
+    # every=3: the third entry rewrites the file and empties the journal
+    writer2 = LutWriter(resumed, path, every=3, every_s=1e9)
+    writer2.add(EFN, entry(1.0))
+    writer2.add(None, entry(0.5))
+    writer2.add(CB, {"failed": "x"})
+    assert not journal_path(path).exists()
+    final = Lut.load(path)
+    assert len(final.entries) == 4 and final.fixed_ms == 0.5
+
+
+def test_corrupt_and_truncated_json_are_one_line_errors(tmp_path):
+    path = make_lut().save(tmp_path / "demo.json")
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(LutError, match="is truncated") as info:
+        Lut.load(path)
+    assert "--resume" in str(info.value) and "\n" not in str(info.value)
+    path.write_text("{" + text[1:].replace('"median"', "median", 1))
+    with pytest.raises(LutError, match="is corrupt"):
+        Lut.load(path)
+    with pytest.raises(LutError, match="does not exist"):
+        Lut.load(tmp_path / "nope.json")
+    path.write_text("[1, 2]")
+    with pytest.raises(LutError, match="not a LANA LUT"):
+        Lut.load(path)
+
+
+def test_schema_major_and_units(tmp_path):
+    data = make_lut().to_dict()
+    newer = write_json(tmp_path / "newer.json", {**data, "schema": "lana.lut/2"})
+    with pytest.raises(LutError, match="schema lana.lut/2 but this lana reads lana.lut/1; upgrade"):
+        Lut.load(newer)
+    older = write_json(tmp_path / "older.json", {**data, "schema": "lana.lut/0"})
+    with pytest.raises(LutError, match="re-profile"):
+        Lut.load(older)
+    other = write_json(tmp_path / "other.json", {**data, "schema": "nn-meter/1"})
+    with pytest.raises(LutError, match="not a LANA LUT"):
+        Lut.load(other)
+    micro = write_json(tmp_path / "us.json", {**data, "protocol": {**data["protocol"], "units": "us"}})
+    with pytest.raises(LutError, match="stores latencies in 'us'"):
+        Lut.load(micro)
+    broken = write_json(tmp_path / "broken.json", {k: v for k, v in data.items() if k != "entries"})
+    with pytest.raises(LutError, match=r"lacks field\(s\) \['entries'\]"):
+        Lut.load(broken)
+    bad_entry = write_json(tmp_path / "bad.json", {**data, "entries": {TEACHER: {"median": -1}}})
+    with pytest.raises(LutError, match="non-negative 'median'"):
+        Lut.load(bad_entry)
+    bad_key = write_json(tmp_path / "badkey.json", {**data, "entries": {"efn e=3": entry(1.0)}})
+    with pytest.raises(LutError, match="bad entry key"):
+        Lut.load(bad_key)
+
+
+def test_stale_fingerprint_says_how_to_reprofile(tmp_path):
+    path = make_lut(ops_fingerprint="0" * 16).save(tmp_path / "demo.json")
+    with pytest.raises(StaleLutError, match="profiled with other op code") as info:
+        Lut.load(path)
+    assert "lana-profile --device cpu-ort --teacher demo --pool small" in str(info.value)
+    assert "--force" in str(info.value)
+    assert Lut.load(path, check_fingerprint=False).latency(TEACHER) == 2.0
+    assert isinstance(info.value, LanaError)
+
+
+def test_teacher_device_and_batch_mismatch(tmp_path):
+    path = make_lut().save(tmp_path / "demo.json")
+    with pytest.raises(LutError, match="is for teacher 'demo', not 'efficientnet_b0'") as info:
+        Lut.load(path, teacher="efficientnet_b0")
+    assert "lana-profile --device cpu-ort --teacher efficientnet_b0" in str(info.value)
+    with pytest.raises(LutError, match="batch size 1, not 8") as info:
+        Lut.load(path, batch_size=8)
+    assert "--batch-size 8" in str(info.value)
+    with pytest.raises(LutError, match="device preset 'cpu-ort', not 'v100-trt'"):
+        Lut.load(path, device="v100-trt")
+
+
+def test_merge_shards_and_refuse_mismatched(tmp_path):
+    a, b = make_lut(), make_lut()
+    del a.entries[EFN]
+    del b.entries[TEACHER]
+    b.data["fixed"] = None
+    a.data["shard"], b.data["shard"] = "1/2", "2/2"
+    pa, pb = a.save(tmp_path / "a.json"), b.save(tmp_path / "b.json")
+    merged = merge([pa, pb], tmp_path / "m.json")
+    assert set(merged.entries) == {TEACHER, IDENTITY, EFN, CB} and merged.fixed_ms == 0.5
+    assert "shard" not in merged.data and Lut.load(tmp_path / "m.json").has(EFN)
+    c = make_lut(protocol={"min_iters": 50, "statistic": "median", "units": "ms"})
+    pc = c.save(tmp_path / "c.json")
+    with pytest.raises(LutError, match="differ in protocol"):
+        merge([pa, pc])
+
+
+def test_summarize_and_diff(tmp_path):
+    a = make_lut()
+    s = summarize(a)
+    assert s["measured"] == 3 and s["failed"] == 1 and s["noisy"] == 1
+    assert s["required"] == 4 and s["missing"] == 0 and s["ops_fingerprint"] == "current"
+    assert s["slowest"][0] == (TEACHER, 2.0) and s["fastest"][0] == (IDENTITY, 0.01)
+    assert s["teacher_total_ms"] == pytest.approx(0.5 + 2.0 + 2.0)
+    assert s["families"]["efn"] == {"n": 1, "median_ms": 1.0}
+    b = make_lut(device={"preset": "xeon-ort", "backend": "ort", "precision": "fp32",
+                         "batch_size": 1, "threads": 10, "seen": {"cpu": "xeon"}})
+    b.set_entry(TEACHER, entry(1.0))  # b is 2x faster on the teacher op
+    b.set_entry(EFN, entry(3.0))  # and 3x slower on efn
+    d = diff(a, b)
+    assert d["common"] == 3 and not d["same_device"]
+    assert d["a_faster"] == 1 and d["b_faster"] == 1
+    assert d["families"]["teacher"]["median_ratio"] == 0.5
+    assert d["families"]["efn"]["median_ratio"] == 3.0
+    assert d["largest_changes"][0][0] == EFN
+    assert d["ratio_b_over_a"]["median"] == 1.0
+
+
+def test_lut_commands_show_diff_merge(tmp_path, capsys):
+    from lana.cli import main
+
+    a = make_lut()
+    a.data["shard"] = "1/2"
+    b = make_lut()
+    b.set_entry(EFN, entry(2.0))
+    pa, pb = a.save(tmp_path / "a.json"), b.save(tmp_path / "b.json")
+    assert main(["lut", "show", str(pa), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["measured"] == 3 and shown["noisy"] == 1 and shown["device"]["preset"] == "cpu-ort"
+    assert main(["lut", "show", str(pa)]) == 0
+    text = capsys.readouterr().out
+    assert "coverage 3 measured, 1 failed, 0 missing of 4 needed; 1 noisy" in text
+    assert main(["lut", "diff", str(pa), str(pb)]) == 0
+    text = capsys.readouterr().out
+    assert "faster   A on 1 ops, B on 0 ops" in text and "repeat" in text
+    assert main(["lut", "merge", str(pa), str(pb), "--out", str(tmp_path / "m.json")]) == 0
+    assert "3 measured" in capsys.readouterr().out and Lut.load(tmp_path / "m.json").has(EFN)

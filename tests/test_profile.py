@@ -1,0 +1,243 @@
+"""lana-profile on the demo teacher with a tiny protocol: complete LUTs, resume, bad input, kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+import lana.export
+from lana.cli import main as cli_main
+from lana.errors import UnknownNameError
+from lana.lut import Lut, LutWriter, journal_path
+from lana.ops import create_op, deploy
+from lana.profile import ProfileError, in_shard, profile
+from lana.spec import parse_key
+from profilers.system import cpu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """extends = "cpu-ort"
+threads = 1
+[protocol]
+warmup_s = 0.0
+warmup_iters = 1
+min_iters = 3
+min_time_s = {min_time}
+retries = 0
+"""
+SHARD = "1/6"
+
+
+def preset(tmp_path, name="tiny", min_time=0.0) -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(min_time=min_time))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def demo_pool():
+    from lana.pool import build_pool
+    from lana.teachers import create_teacher
+
+    teacher = create_teacher("demo", pretrained=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return teacher, build_pool(teacher, "small")
+
+
+def shard_keys(layer_pools, shard=SHARD) -> list[str]:
+    i, n = (int(v) for v in shard.split("/"))
+    keys = dict.fromkeys(k for lp in layer_pools for k in lp.keys)
+    return [k for k in keys if in_shard(k, (i, n))]
+
+
+def test_profile_writes_a_complete_versioned_lut(tmp_path, demo_pool):
+    teacher, layer_pools = demo_pool
+    out = tmp_path / "demo.json"
+    report = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD)
+    expected = shard_keys(layer_pools)
+    assert report.total == len(expected) and report.failed == 0 and report.reused == 0
+    assert report.measured == len(expected) + 1  # each distinct key once, plus the skeleton
+    lut = Lut.load(out, teacher="demo", batch_size=1)
+    assert set(lut.entries) == set(expected)
+    lut.require(expected)
+    assert lut.fixed_ms > 0 and lut.fixed["n"] >= 3
+    assert [layer["name"] for layer in lut.layers] == [l.name for l in teacher.layers]
+    assert [layer["ops"] for layer in lut.layers] == [lp.keys for lp in layer_pools]
+    assert all(parse_key(layer["ops"][0]).family == "teacher" for layer in lut.layers)
+    for key in expected:
+        e = lut.entries[key]
+        assert e["n"] >= 3 and e["p10"] <= e["median"] <= e["p90"] and e["median"] > 0
+    assert lut.device["preset"] == "tiny" and lut.device["threads"] == 1
+    assert lut.device["seen"]["cpu"] == cpu_model() and lut.device["seen"]["onnxruntime"]
+    assert lut.device["backend_info"]["graph_optimization_level"] == "all"
+    assert lut.protocol["min_iters"] == 3 and lut.data["shard"] == SHARD
+    assert not journal_path(out).exists()
+
+
+def test_existing_file_is_refused_without_resume_or_force(tmp_path):
+    out = tmp_path / "demo.json"
+    out.write_text("{}")
+    with pytest.raises(ProfileError, match="already exists; add --resume .* or --force") as info:
+        profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD)
+    assert "\n" not in str(info.value) and out.read_text() == "{}"
+
+
+def test_interrupted_profile_resumes_without_remeasuring(tmp_path, demo_pool):
+    out = tmp_path / "demo.json"
+    tiny = preset(tmp_path)
+
+    def stop_after_four(done, total, key):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile(tiny, "demo", pool="small", out=out, shard=SHARD, on_progress=stop_after_four)
+    first = Lut.load(out).entries
+    assert len(first) == 4 and not journal_path(out).exists()
+    report = profile(tiny, "demo", pool="small", out=out, shard=SHARD, resume=True)
+    assert report.reused == 4 and report.measured == report.total - 4 + 1
+    final = Lut.load(out)
+    assert set(final.entries) == set(shard_keys(demo_pool[1]))
+    assert all(final.entries[k] == v for k, v in first.items())  # nothing measured twice
+    # Other settings cannot be resumed into the same file.
+    other = tmp_path / "other.toml"
+    other.write_text(TINY.format(min_time=0.0).replace("min_iters = 3", "min_iters = 4"))
+    with pytest.raises(ProfileError, match="differs in protocol"):
+        profile(str(other), "demo", pool="small", out=out, shard=SHARD, resume=True)
+
+
+def test_failed_export_and_engine_build_are_recorded(tmp_path, demo_pool, monkeypatch):
+    keys = [k for k in shard_keys(demo_pool[1]) if parse_key(k).family not in ("teacher", "identity")]
+    export_fails, build_fails = keys[0], keys[-1]
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00 not a model")
+    real_export = lana.export.export_onnx
+
+    def signature(key):
+        spec = parse_key(key)
+        return repr(deploy(create_op(spec))), (1, *spec.in_shape)
+
+    sig_export, sig_build = signature(export_fails), signature(build_fails)
+    assert sig_export != sig_build
+
+    def flaky_export(module, input_shape, path=None, cache_dir=None, **kw):
+        sig = (repr(module), tuple(input_shape))
+        if sig == sig_export:
+            raise lana.export.ExportError("ONNX export of Residual failed: unsupported operator")
+        if sig == sig_build:
+            return garbage
+        return real_export(module, input_shape, path, cache_dir, **kw)
+
+    monkeypatch.setattr(lana.export, "export_onnx", flaky_export)
+    out = tmp_path / "demo.json"
+    report = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD)
+    lut = Lut.load(out)
+    assert lut.failed(export_fails).startswith("export failed: ONNX export of Residual failed")
+    assert lut.failed(build_fails).startswith("engine build failed: ONNX Runtime cannot load")
+    assert not lut.has(export_fails) and report.failed >= 2
+    assert report.measured >= report.total - report.failed
+    lut.require(shard_keys(demo_pool[1]))  # failed entries are present, skipped by the search
+
+
+def test_unknown_device_and_missing_backend_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(UnknownNameError, match="unknown device 'v200-trt'; valid: .*cpu-ort"):
+        profile("v200-trt", "demo", out=tmp_path / "x.json")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ProfileError, match=r"install lana\[trt\]"):
+            profile("trt", "demo", out=tmp_path / "x.json")
+    code = cli_main(["profile", "--device", "nope", "--teacher", "demo", "--out",
+                     str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: unknown device 'nope'") and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_lut_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "lana.lut/1", "entries": {')
+    assert cli_main(["lut", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: LUT file") and "truncated" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------- a real process, killed
+def _entries_now(out: Path) -> dict:
+    if not out.exists():
+        return {}
+    try:
+        lut = Lut.load(out, check_fingerprint=False)
+    except Exception:  # the header may not be written yet
+        return {}
+    LutWriter.recover(lut, out)
+    return dict(lut.entries)
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "lana", "profile", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(out: Path, proc: subprocess.Popen, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_entries_now(out)) < count:
+        if proc.poll() is not None:
+            raise AssertionError(f"profile ended early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("profile made no progress")
+        time.sleep(0.02)
+
+
+def test_killed_profile_process_loses_nothing_and_resumes(tmp_path, demo_pool):
+    out = tmp_path / "demo.json"
+    args = ["--device", preset(tmp_path, "slow", min_time=0.04), "--teacher", "demo", "--pool",
+            "small", "--out", str(out), "--shard", "1/3", "--quiet"]
+    expected = shard_keys(demo_pool[1], "1/3")
+
+    proc = _start(args)
+    _wait_for(out, proc, 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    after_kill = _entries_now(out)
+    assert 3 <= len(after_kill) < len(expected)
+
+    proc = _start(args + ["--resume"])
+    _wait_for(out, proc, len(after_kill) + 3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    after_int = Lut.load(out).entries  # Ctrl-C flushed everything into the file itself
+    assert not journal_path(out).exists()
+    assert len(after_int) >= len(after_kill) + 3
+    assert all(after_int[k] == v for k, v in after_kill.items())
+
+    proc = _start(args + ["--resume", "--json"])
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    report = json.loads(stdout)
+    assert report["reused"] == len(after_int)
+    assert report["measured"] == len(expected) - len(after_int) + 1  # the rest and the skeleton
+    final = Lut.load(out)
+    assert set(final.entries) == set(expected) and final.fixed_ms > 0
+    assert all(final.entries[k] == v for k, v in after_int.items())  # nothing re-measured
+
+
+def test_devices_command_lists_presets_and_why_not(capsys):
+    assert cli_main(["devices", "--json"]) == 0
+    devices = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert {"cpu-ort", "cpu-torch", "xeon-ort", "v100-trt", "v100-torch", "cuda-torch", "trt"} <= set(devices)
+    assert devices["cpu-ort"]["usable"] and devices["cpu-ort"]["reason"] is None
+    assert devices["cpu-ort"]["threads"] >= 1 and devices["cpu-ort"]["protocol"]["units"] == "ms"
+    if not devices["trt"]["usable"]:
+        assert devices["trt"]["reason"]
+    assert cli_main(["devices"]) == 0
+    assert "cpu-ort" in capsys.readouterr().out
