@@ -1,0 +1,221 @@
+"""Solver benchmark: LANA's integer program on the paper's EfficientNet-B6 size (46 layers x 197 ops).
+
+Synthetic tables (lana.search.synthetic): "paper" (faster ops lose more, identity cheap and costly,
+teacher op 0) and "uncorrelated" (uniform scores independent of latency).  For each case it times
+one solve (K=1, table to certified solution) and K=100 diverse solutions at overlap 0.7, and prints
+the certified gaps and where the time goes.  Optional: a budget sweep cold vs. warm-started
+(--sweep), and random / evolutionary search given the same time (--baselines).
+
+    python benchmarks/solver.py                 # figures as text
+    python benchmarks/solver.py --json          # {"n_layers", "n_ops", "single_solve_s", ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def _case(name: str, args) -> dict:
+    from lana.search import Budget, search
+    from lana.search.synthetic import synthetic_table
+
+    table = synthetic_table(args.layers, args.ops, seed=args.seed,
+                            correlated=(name == "paper"))
+    budget = [Budget("gpu", args.budget)]
+    opts = dict(gap=args.gap, time_limit=args.time_limit, threads=args.threads)
+    t0 = time.perf_counter()
+    one = search(table, budget, k=1, **opts)
+    opts["time_budget"] = args.time_budget
+    single = time.perf_counter() - t0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        many = search(table, budget, k=args.k, overlap=args.overlap, **opts)
+        total = time.perf_counter() - t0
+    gaps = [s.gap for s in many.solutions]
+    times = sorted(s.time_s for s in many.solutions)
+    return {
+        "case": name, "budget": args.budget, "single_solve_s": single,
+        "single_gap": one.solutions[0].gap, "single_objective": one.solutions[0].objective,
+        "k": args.k, "found": len(many.solutions), "k_total_s": total,
+        "k_max_gap": max(gaps), "k_mean_gap": sum(gaps) / len(gaps),
+        "k_over_gap": sum(g > args.gap + 1e-12 for g in gaps),
+        "k_solve_median_s": times[len(times) // 2], "k_solve_max_s": times[-1],
+        "statuses": {s: sum(x.status == s for x in many.solutions)
+                     for s in sorted({x.status for x in many.solutions})},
+        "breakdown_s": {k: round(v, 4) for k, v in many.timings.items()},
+        "stats": many.stats, "objective_first": many.solutions[0].objective,
+        "objective_last": many.solutions[-1].objective,
+    }
+
+
+def _naive(args) -> dict:
+    """The plain loop for scale: one HiGHS MIP per solution on the full model (every op a binary),
+    an overlap row added after each, same gap and time limit, no pruning, no incumbents."""
+    import highspy
+    import numpy as np
+
+    from lana.search import Budget
+    from lana.search.synthetic import synthetic_table
+
+    table = synthetic_table(args.layers, args.ops, seed=args.seed)
+    n, m = table.n_layers, table.n_ops[0]
+    limit = Budget("gpu", args.budget).resolve(table) - table.fixed["gpu"]
+    score, cost = np.concatenate(table.scores), np.concatenate(table.costs["gpu"])
+    h = highspy.Highs()
+    for name, value in (("output_flag", False), ("threads", args.threads),
+                        ("mip_rel_gap", args.gap), ("time_limit", args.time_limit)):
+        h.setOptionValue(name, value)
+    nv, inf = n * m, highspy.kHighsInf
+    idx = np.arange(nv, dtype=np.int32)
+    h.addVars(nv, np.zeros(nv), np.ones(nv))
+    h.changeColsCost(nv, idx, score)
+    h.changeColsIntegrality(nv, idx, np.full(nv, highspy.HighsVarType.kInteger))
+    for i in range(n):
+        h.addRow(1, 1, m, idx[i * m:(i + 1) * m], np.ones(m))
+    h.addRow(-inf, limit, nv, idx, cost)
+    shared = int(np.floor(args.overlap * n + 1e-9))
+    times, gaps, limited = [], [], 0
+    for _ in range(args.naive):
+        t0 = time.perf_counter()
+        h.run()
+        times.append(time.perf_counter() - t0)
+        info = h.getInfo()
+        gaps.append(info.mip_gap)
+        limited += h.getModelStatus() == highspy.HighsModelStatus.kTimeLimit
+        choice = np.asarray(h.getSolution().col_value).reshape(n, m).argmax(axis=1)
+        h.addRow(-inf, shared, n, (np.arange(n) * m + choice).astype(np.int32), np.ones(n))
+    return {"solves": args.naive, "total_s": sum(times), "mean_s": sum(times) / len(times),
+            "max_s": max(times), "max_gap": max(gaps), "time_limited": limited}
+
+
+def _sweep(args) -> dict:
+    from lana.search import Budget
+    from lana.search.budget import parse_budgets
+    from lana.search.sweep import search_many
+    from lana.search.synthetic import synthetic_table
+
+    table = synthetic_table(args.layers, args.ops, seed=args.seed)
+    targets = [[Budget("gpu", b)] for b in parse_budgets(args.sweep)]
+    out = {"budgets": args.sweep, "k": args.sweep_k}
+    objs = {}
+    for strategy in ("cold", "top-down", "bottom-up"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = search_many(table, targets, args.sweep_k, args.overlap, strategy=strategy,
+                              gap=args.gap, time_limit=args.time_limit, threads=args.threads)
+        objs[strategy] = [s.objective for r in res.results for s in r.solutions]
+        out[f"{strategy}_s"] = res.time_s
+        out[f"{strategy}_max_gap"] = max(s.gap for r in res.results for s in r.solutions)
+        out[f"{strategy}_mean_objective"] = sum(objs[strategy]) / len(objs[strategy])
+    for strategy in ("top-down", "bottom-up"):
+        out[f"{strategy}_saving"] = 1 - out[f"{strategy}_s"] / out["cold_s"]
+    return out
+
+
+def _baselines(args) -> dict:
+    """Paper Table 5 in miniature: random sampling within the budget and aging evolution, each
+    given the time the integer program took for its K diverse architectures."""
+    from lana.search import Budget, search
+    from lana.search.baselines import evolutionary_search, random_search
+    from lana.search.synthetic import synthetic_table
+
+    table = synthetic_table(args.layers, args.ops, seed=args.seed)
+    budget = [Budget("gpu", args.budget)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        ilp = search(table, budget, k=args.k, overlap=args.overlap, gap=args.gap,
+                     time_limit=args.time_limit)
+        t = time.perf_counter() - t0
+    rnd = random_search(table, budget, time_s=t, seed=args.seed)
+    evo = evolutionary_search(table, budget, time_s=t, seed=args.seed, top=args.k)
+    objs = sorted(s.objective for s in ilp.solutions)
+    return {"time_s": t, "ilp_best": objs[0], "ilp_kth": objs[-1], "ilp_bound": ilp.best.dual_bound,
+            "random_best": rnd.best, "random_samples": rnd.evaluated,
+            "evolution_best": evo.best, "evolution_evaluated": evo.evaluated}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=46)
+    p.add_argument("--ops", type=int, default=197)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--overlap", type=float, default=0.7)
+    p.add_argument("--budget", default="0.5x")
+    p.add_argument("--gap", type=float, default=0.005)
+    p.add_argument("--time-limit", type=float, default=1.0, help="seconds per solve")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds for all K solves together (shared among the solves left)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", default="paper,uncorrelated")
+    p.add_argument("--sweep", default="", help="e.g. 0.3x:0.7x:0.1x (cold vs. warm-started)")
+    p.add_argument("--sweep-k", type=int, default=10)
+    p.add_argument("--baselines", action="store_true", help="random and evolutionary search")
+    p.add_argument("--naive", type=int, default=0, metavar="K",
+                   help="also time K solves of the plain one-MIP-per-solution loop (slow)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    cases = {name: _case(name, args) for name in args.cases.split(",") if name}
+    first = next(iter(cases.values()))
+    out = {"n_layers": args.layers, "n_ops": args.ops, "single_solve_s": first["single_solve_s"],
+           "k100_total_s": first["k_total_s"], "k100_max_gap": first["k_max_gap"],
+           "k": args.k, "overlap": args.overlap, "gap": args.gap, "time_limit_s": args.time_limit,
+           "time_budget_s": args.time_budget,
+           "load_average": load, "cases": cases}
+    if args.sweep:
+        out["sweep"] = _sweep(args)
+    if args.baselines:
+        out["baselines"] = _baselines(args)
+    if args.naive:
+        out["naive"] = _naive(args)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"N={args.layers} layers x M={args.ops} ops, K={args.k}, overlap {args.overlap}, "
+          f"gap {args.gap:.2%}, {args.time_limit:g} s/solve limit, time budget "
+          f"{args.time_budget} s, load average {load}")
+    for c in cases.values():
+        print(f"\n[{c['case']}] budget {c['budget']}")
+        print(f"  one solve:        {c['single_solve_s']:.3f} s (gap {c['single_gap']:.3%})")
+        print(f"  K={c['k']} solves:    {c['k_total_s']:.2f} s total, median {c['k_solve_median_s']:.3f}"
+              f" s, max {c['k_solve_max_s']:.3f} s; found {c['found']}")
+        print(f"  certified gaps:   max {c['k_max_gap']:.3%}, mean {c['k_mean_gap']:.3%}, "
+              f"{c['k_over_gap']} over {args.gap:.1%}; statuses {c['statuses']}")
+        print(f"  time breakdown:   {c['breakdown_s']}")
+        print(f"  model:            {c['stats']}")
+    if "sweep" in out:
+        s = out["sweep"]
+        print(f"\n[sweep {s['budgets']}, K={s['k']}] cold {s['cold_s']:.2f} s, top-down "
+              f"{s['top-down_s']:.2f} s ({s['top-down_saving']:+.0%} saved), bottom-up "
+              f"{s['bottom-up_s']:.2f} s ({s['bottom-up_saving']:+.0%} saved); mean objective "
+              f"cold {s['cold_mean_objective']:.5f} top-down {s['top-down_mean_objective']:.5f} "
+              f"bottom-up {s['bottom-up_mean_objective']:.5f}")
+    if "baselines" in out:
+        b = out["baselines"]
+        print(f"\n[baselines, paper case, {b['time_s']:.2f} s each] ILP: best {b['ilp_best']:.5f} "
+              f"(bound {b['ilp_bound']:.5f}), {args.k}th {b['ilp_kth']:.5f}; random: best "
+              f"{b['random_best']:.5f} of {b['random_samples']} samples; evolution: best "
+              f"{b['evolution_best']:.5f} after {b['evolution_evaluated']} children")
+    if "naive" in out:
+        v = out["naive"]
+        print(f"\n[plain loop, paper case, first {v['solves']} solves] {v['total_s']:.2f} s "
+              f"({v['mean_s']:.3f} s/solve, max {v['max_s']:.2f} s), max gap {v['max_gap']:.3%}, "
+              f"{v['time_limited']} stopped by the time limit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

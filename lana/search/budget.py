@@ -1,0 +1,91 @@
+"""Budgets: a limit on one cost table, absolute ("12.5", "12.5ms", "5M") or relative to the teacher
+architecture ("0.5x" = half the teacher's total on that table), and budget lists/ranges for sweeps
+("0.3x,0.4x" or "0.3x:0.7x:0.1x")."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from lana.search.errors import SearchError
+from lana.search.table import SearchTable
+
+_SUFFIX = {"": 1.0, "ms": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(x|ms|k|m|g|)\s*$",
+                     re.IGNORECASE)
+
+
+def _parse(text: str) -> tuple[float, bool]:
+    """(value, is_fraction) of one budget string."""
+    m = _NUMBER.match(text)
+    if not m:
+        raise SearchError(f"budget {text!r} is not a number; write e.g. 12.5 (ms), 12.5ms, 5M "
+                          f"(parameters) or 0.5x (half the teacher)")
+    value, unit = float(m.group(1)), m.group(2).lower()
+    if unit == "x":
+        return value, True
+    return value * _SUFFIX[unit], False
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Total cost on ``table`` must be at most ``limit`` (table units, or a string such as "0.5x")."""
+
+    table: str  # cost table name, e.g. the LUT's device preset, or "params"
+    limit: float | str  # absolute limit, or "0.5x" for a fraction of the teacher architecture
+
+    def __post_init__(self) -> None:
+        value, fraction = _parse(self.limit) if isinstance(self.limit, str) else (
+            float(self.limit), False)
+        if not math.isfinite(value) or value <= 0:
+            raise SearchError(f"budget {self.limit!r} on {self.table!r} must be a positive number")
+
+    @property
+    def is_fraction(self) -> bool:
+        return isinstance(self.limit, str) and _parse(self.limit)[1]
+
+    @property
+    def value(self) -> float:
+        """The number as given: a fraction for "0.5x", else the absolute limit."""
+        return _parse(self.limit)[0] if isinstance(self.limit, str) else float(self.limit)
+
+    def resolve(self, table: SearchTable) -> float:
+        """The absolute limit on ``table`` (fractions are of the teacher architecture's total)."""
+        if self.table not in table.costs:
+            raise SearchError(f"budget on unknown cost table {self.table!r}; tables are "
+                              f"{table.table_names}")
+        if self.is_fraction:
+            return self.value * table.total(self.table, table.teacher_choice())
+        return self.value
+
+    def label(self) -> str:
+        return str(self.limit) if isinstance(self.limit, str) else f"{self.limit:g}"
+
+
+def parse_budgets(text: str) -> list[str]:
+    """Split "0.3x,0.5x" and expand ranges "0.3x:0.7x:0.1x" (end included) into budget strings."""
+    out: list[str] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        if ":" not in part:
+            _parse(part)
+            out.append(part)
+            continue
+        pieces = part.split(":")
+        if len(pieces) != 3:
+            raise SearchError(f"budget range {part!r} must be start:stop:step, e.g. 0.3x:0.7x:0.1x")
+        (a, fa), (b, fb), (s, fs) = (_parse(p) for p in pieces)
+        if not fa == fb == fs:
+            raise SearchError(f"budget range {part!r} mixes fractions ('x') and absolute values; "
+                              f"use one kind for start, stop and step")
+        if s <= 0 or b < a:
+            raise SearchError(f"budget range {part!r} needs start <= stop and a positive step")
+        count = int(math.floor((b - a) / s + 1e-9)) + 1
+        if count > 1000:
+            raise SearchError(f"budget range {part!r} has {count} values; use a larger step")
+        out += [f"{a + i * s:.6g}{'x' if fa else ''}" for i in range(count)]
+    if not out:
+        raise SearchError(f"no budget in {text!r}; write e.g. 0.5x or 0.3x:0.7x:0.1x")
+    return out

@@ -1,0 +1,110 @@
+"""``lana search`` as a Python function: files in (scores, LUTs), a JSON report and a PNG out.
+
+The report holds, per budget target, the K architectures in the order found, each with its
+``lana.arch/1`` architecture file, predicted cost per table, objective, predicted loss, HiGHS's
+status, dual bound and gap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from lana.search.budget import Budget, parse_budgets
+from lana.search.errors import SearchError
+from lana.search.files import add_params_table, arch_dict, load_table
+from lana.search.solver import max_shared_layers
+from lana.search.sweep import SweepResult, search_many
+
+REPORT_SCHEMA = "lana.search/1"
+
+
+def build_targets(table_names: Sequence[str], budgets: Sequence[str],
+                  max_params: str | None = None, params_table: str = "params"
+                  ) -> list[list[Budget]]:
+    """Targets from per-table budget strings (the i-th string limits the i-th table); at most
+    one of them may be a list or range, which becomes the sweep axis."""
+    if not budgets:
+        raise SearchError("give a budget, e.g. --budget 0.5x (half the teacher's latency)")
+    if len(budgets) > len(table_names):
+        raise SearchError(f"{len(budgets)} --budget values for {len(table_names)} --lut files; "
+                          f"give at most one budget per LUT, in the same order")
+    expanded = [parse_budgets(b) for b in budgets]
+    axes = [i for i, values in enumerate(expanded) if len(values) > 1]
+    if len(axes) > 1:
+        raise SearchError("only one --budget may list several values (the sweep axis); give "
+                          "the other LUTs a single budget each")
+    axis = axes[0] if axes else 0
+    fixed = [Budget(table_names[i], values[0]) for i, values in enumerate(expanded) if i != axis]
+    if max_params is not None:
+        fixed.append(Budget(params_table, max_params))
+    return [[Budget(table_names[axis], value), *fixed] for value in expanded[axis]]
+
+
+def search_files(*, luts: Sequence[str], scores: str, budgets: Sequence[str], out: str,
+                 k: int = 10, overlap: float = 0.7, single_shot: bool = False,
+                 max_params: str | None = None, gap: float = 0.005, time_limit: float = 2.0,
+                 time_budget: float | None = None, threads: int = 1,
+                 strategy: str = "top-down", plot: bool = True,
+                 check_fingerprint: bool = True) -> dict[str, Any]:
+    """Run the search on files and write the report (JSON at ``out``, PNG beside it)."""
+    start = time.perf_counter()
+    table = load_table(scores, luts, check_fingerprint=check_fingerprint)
+    if max_params is not None:
+        table = add_params_table(table)
+    targets = build_targets(table.table_names, budgets, max_params)
+    sweep = search_many(table, targets, k, overlap, strategy=strategy, single_shot=single_shot,
+                        gap=gap, time_limit=time_limit, time_budget=time_budget,
+                        threads=threads)
+    report = build_report(sweep, luts=luts, scores=scores, k=k, overlap=overlap,
+                          single_shot=single_shot, gap=gap, time_limit=time_limit)
+    report["time_s"] = time.perf_counter() - start
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    from lana.lut import atomic_write_text
+
+    atomic_write_text(out_path, json.dumps(report, indent=1) + "\n")
+    if plot:
+        from lana.search.plot import plot_front
+
+        report["plot"] = str(plot_front(sweep, out_path.with_suffix(".png"),
+                                        title=f"{table.teacher}: LANA search"))
+    return report
+
+
+def build_report(sweep: SweepResult, *, luts: Sequence[str], scores: str, k: int,
+                 overlap: float, single_shot: bool, gap: float, time_limit: float
+                 ) -> dict[str, Any]:
+    table = sweep.table
+    latency = [n for n in table.table_names if table.units.get(n) == "ms"]
+    out_targets = []
+    for budgets, res in zip(sweep.targets, sweep.results):
+        primary = budgets[0].table
+        budget_ms = res.limits.get(primary) if table.units.get(primary) == "ms" else None
+        archs = []
+        for sol in res.solutions:
+            archs.append({
+                "arch": arch_dict(table, sol.choice, objective=sol.objective, budget_ms=budget_ms),
+                "ops": list(sol.keys), "objective": sol.objective,
+                "predicted_loss": (None if table.teacher_loss is None
+                                   else float(table.teacher_loss) + sol.objective),
+                "predicted_ms": {n: sol.costs[n] for n in latency},
+                "costs": dict(sol.costs), "status": sol.status, "dual_bound": sol.dual_bound,
+                "gap": sol.gap, "time_s": sol.time_s, "bound_source": sol.bound_source})
+        out_targets.append({
+            "budgets": {b.table: {"given": b.label(), "limit": res.limits[b.table]}
+                        for b in budgets},
+            "found": len(res.solutions), "max_gap": res.max_gap if res.solutions else None,
+            "time_s": res.time_s, "warnings": list(res.warnings), "architectures": archs})
+    return {
+        "schema": REPORT_SCHEMA, "teacher": table.teacher, "pool": table.pool,
+        "scores": str(scores), "luts": dict(zip(table.table_names, map(str, luts))),
+        "k": k, "overlap": overlap,
+        "max_shared_layers": max_shared_layers(table.n_layers, overlap),
+        "single_shot": single_shot, "gap": gap, "time_limit_s": time_limit,
+        "strategy": sweep.strategy, "teacher_loss": table.teacher_loss,
+        "targets": out_targets,
+        "pareto": [{"cost": c, "objective": o} for c, o in sweep.front()],
+    }

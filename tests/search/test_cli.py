@@ -1,0 +1,198 @@
+"""``lana search`` end to end on small scores and LUT files written in the documented formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from lana.errors import LanaError
+
+from .conftest import tiny
+
+
+def _parser():
+    from lana.commands.search import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser
+
+
+def _write_files(tmp_path, table, *, presets=("cpu-ort",), calibration=None, drop=None,
+                 rename_layer=None, nan_score=False):
+    from lana.ops import ops_fingerprint
+
+    layers = []
+    for i, (name, keys) in enumerate(zip(table.layer_names, table.ops)):
+        scores = {k: float(v) for k, v in zip(keys, table.scores[i])}
+        if nan_score and i == 1:
+            scores[keys[1]] = float("nan")
+        layers.append({"index": i, "name": name, "scores": scores})
+    scores_path = tmp_path / "scores.json"
+    scores_path.write_text(json.dumps({
+        "schema": "lana.scores/1", "teacher": table.teacher, "pool": table.pool,
+        "teacher_loss": 0.25, "n_samples": 64, "layers": layers}))
+    paths = []
+    for t, preset in zip(table.table_names, presets):
+        entries = {k: {"median": float(c), "p10": float(c), "p90": float(c), "iqr": 0.0, "n": 9,
+                       "noisy": False}
+                   for keys, costs in zip(table.ops, table.costs[t]) for k, c in zip(keys, costs)}
+        if drop:
+            for key in drop:
+                entries.pop(key)
+        names = list(table.layer_names)
+        if rename_layer is not None:
+            names[rename_layer] = "blocks.renamed"
+        lut = {"schema": "lana.lut/1", "teacher": table.teacher, "pool": table.pool,
+               "input_shape": [3, 32, 32],
+               "device": {"preset": preset, "backend": "ort", "precision": "fp32",
+                          "batch_size": 1, "threads": 1, "seen": {}},
+               "protocol": {"warmup_s": 0.1, "warmup_iters": 5, "min_iters": 10,
+                            "min_time_s": 0.1, "statistic": "median", "units": "ms"},
+               "ops_fingerprint": ops_fingerprint(), "created": "2025-01-01T00:00:00+00:00",
+               "entries": entries, "fixed": {"median": table.fixed[t], "n": 9},
+               "layers": [{"name": n, "ops": list(k)} for n, k in zip(names, table.ops)],
+               "calibration": calibration}
+        path = tmp_path / f"{preset}.json"
+        path.write_text(json.dumps(lut))
+        paths.append(str(path))
+    return str(scores_path), paths
+
+
+def _run(argv):
+    from lana.commands.search import run
+
+    return run(_parser().parse_args(["search", *argv]))
+
+
+def test_cli_single_budget_writes_report_and_png(tmp_path, capsys):
+    t = tiny(8, 6, seed=1)
+    scores, (lut,) = _write_files(tmp_path, t)
+    out = tmp_path / "out" / "search.json"
+    assert _run(["--lut", lut, "--scores", scores, "--budget", "0.5x", "--k", "4",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert report["schema"] == "lana.search/1" and report["k"] == 4
+    (target,) = report["targets"]
+    assert target["budgets"]["cpu-ort"]["given"] == "0.5x"
+    limit = target["budgets"]["cpu-ort"]["limit"]
+    assert target["found"] == 4
+    for a in target["architectures"]:
+        arch = a["arch"]
+        assert arch["schema"] == "lana.arch/1" and len(arch["ops"]) == 8
+        assert arch["layer_names"] == list(t.layer_names)
+        assert arch["predicted_ms"]["cpu-ort"] <= limit * (1 + 1e-9)
+        assert arch["budget_ms"] == pytest.approx(limit)
+        assert a["predicted_loss"] == pytest.approx(0.25 + a["objective"])
+        assert a["status"] in ("optimal", "within_gap") and a["gap"] <= 0.005
+        assert a["dual_bound"] <= a["objective"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_sweep_two_luts_and_calibration(tmp_path):
+    t = tiny(8, 6, seed=2, tables=("gpu", "cpu"))
+    cal = {"kind": "affine", "offset_ms": 0.2, "slope": 1.1, "family_ms": {"identity": 0.01}}
+    scores, luts = _write_files(tmp_path, t, presets=("cuda-trt", "cpu-ort"), calibration=cal)
+    out = tmp_path / "sweep.json"
+    assert _run(["--lut", luts[0], "--lut", luts[1], "--scores", scores,
+                 "--budget", "0.4x:0.6x:0.1x", "--budget", "0.9x", "--k", "2",
+                 "--out", str(out), "--strategy", "bottom-up"]) == 0
+    report = json.loads(out.read_text())
+    assert [tg["budgets"]["cuda-trt"]["given"] for tg in report["targets"]] == ["0.4x", "0.5x", "0.6x"]
+    assert len(report["pareto"]) == 3
+    from lana.lut import Lut
+
+    gpu = Lut.load(luts[0])
+    for tg in report["targets"]:
+        cpu_limit = tg["budgets"]["cpu-ort"]["limit"]
+        for a in tg["architectures"]:
+            assert a["predicted_ms"]["cuda-trt"] == pytest.approx(gpu.predict(a["ops"]))
+            assert a["predicted_ms"]["cpu-ort"] <= cpu_limit * (1 + 1e-9)
+    assert (tmp_path / "sweep.png").exists()
+
+
+def test_cli_single_shot(tmp_path):
+    t = tiny(8, 6, seed=3)
+    scores, (lut,) = _write_files(tmp_path, t)
+    out = tmp_path / "ss.json"
+    _run(["--lut", lut, "--scores", scores, "--budget", "0.7x", "--k", "2", "--single-shot",
+          "--out", str(out), "--no-plot"])
+    archs = json.loads(out.read_text())["targets"][0]["architectures"]
+    assert all(k.split(":")[0] in ("teacher", "identity") for a in archs for k in a["ops"])
+
+
+@pytest.mark.parametrize("case, match", [
+    ("layers", "list different layers"),
+    ("missing", r"lacks 2 of \d+ needed entries.*lana-profile"),
+    ("nan", "not a finite number"),
+    ("infeasible", "below the smallest"),
+    ("k", "k must be"),
+    ("overlap", "overlap must be in"),
+    ("budgets", "at most one budget per LUT"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, case, match):
+    t = tiny(6, 5, seed=4)
+    kw = {"rename_layer": 2} if case == "layers" else {}
+    if case == "missing":
+        kw["drop"] = [t.ops[0][2], t.ops[3][1]]
+    if case == "nan":
+        kw["nan_score"] = True
+    scores, (lut,) = _write_files(tmp_path, t, **kw)
+    budget = "0.001x" if case == "infeasible" else "0.5x"
+    argv = ["--lut", lut, "--scores", scores, "--budget", budget, "--out", str(tmp_path / "o.json")]
+    argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"],
+             "budgets": ["--budget", "0.6x"]}.get(case, [])
+    with pytest.raises(LanaError, match=match) as err:
+        _run(argv)
+    assert "\n" not in str(err.value)
+
+
+def test_api_from_files_matches_cli_table(tmp_path):
+    from lana.search import Budget, SearchTable, search
+
+    t = tiny(6, 5, seed=5)
+    scores, (lut,) = _write_files(tmp_path, t)
+    loaded = SearchTable.from_files(scores, [lut])
+    assert loaded.table_names == ["cpu-ort"] and loaded.teacher_loss == 0.25
+    a = search(loaded, Budget("cpu-ort", "0.5x"), gap=0.0).best
+    b = search(t, Budget("gpu", "0.5x"), gap=0.0).best
+    assert math.isclose(a.objective, b.objective, rel_tol=1e-9)
+
+
+def test_cli_max_params_on_the_demo_teacher(tmp_path):
+    """--max-params counts parameters of the real ops of the demo teacher's small pool."""
+    import numpy as np
+
+    from lana.pool import build_pool
+    from lana.search import SearchTable
+    from lana.search.files import add_params_table
+    from lana.teachers import create_teacher
+
+    teacher = create_teacher("demo", pretrained=False)
+    pool = build_pool(teacher, "small")
+    rng = np.random.default_rng(0)
+    ops = [lp.keys for lp in pool]
+    scores = [np.where(np.arange(len(k)) == 0, 0.0, rng.uniform(0.01, 0.3, len(k))) for k in ops]
+    costs = [np.where(np.arange(len(k)) == 0, 1.0, rng.uniform(0.1, 1.2, len(k))) for k in ops]
+    table = SearchTable(layer_names=[lp.layer.name for lp in pool], ops=ops, scores=scores,
+                        costs={"cpu": costs}, fixed={"cpu": 0.5}, teacher="demo", pool="small")
+    with_params = add_params_table(table)
+    params = with_params.costs["params"]
+    teacher_params = sum(p.numel() for p in teacher.model.parameters())
+    assert with_params.total("params", table.teacher_choice()) == teacher_params
+    scores_path, (lut,) = _write_files(tmp_path, table)
+    out = tmp_path / "p.json"
+    assert _run(["--lut", lut, "--scores", scores_path, "--budget", "0.8x", "--k", "3",
+                 "--max-params", "0.6x", "--out", str(out), "--no-plot"]) == 0
+    report = json.loads(out.read_text())
+    limit = report["targets"][0]["budgets"]["params"]["limit"]
+    assert limit == pytest.approx(0.6 * teacher_params)
+    for a in report["targets"][0]["architectures"]:
+        assert a["costs"]["params"] <= limit
+        choice = with_params.choice_of(a["ops"])
+        assert a["costs"]["params"] == pytest.approx(
+            with_params.fixed["params"] + sum(params[i][c] for i, c in enumerate(choice)))
