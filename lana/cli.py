@@ -50,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LanaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lana ... --json | head`: the reader left, which is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: everything measured so far is saved; re-run the same command "
               "(with --resume where it applies) to continue", file=sys.stderr)

@@ -1,0 +1,358 @@
+"""``lana run``: the whole pipeline in one resumable command, with a report.
+
+Stages, each writing its artifact into the run directory::
+
+    profile   lut.json            (or a shipped LUT measured on this machine's hardware, copied)
+    pretrain  pretrain/           per-(layer, op) distilled weights, resumable
+    score     scores.json         loss change of every op alone in its layer
+    search    search.json (+png)  K diverse architectures under the budget (HiGHS)
+    select    select.json         the candidate with the lowest loss, BN in batch-statistics mode
+    finetune  finetune/           student.pt and metrics.json (KD from the teacher)
+    validate  validation.json     teacher and student measured end to end in the same session
+    report    summary.json, report.md and PNGs
+
+``run.json`` records the settings and which stages finished.  Re-running skips finished stages and
+resumes an interrupted one.  Changing a setting re-runs only the stages that depend on it (a new
+budget re-runs search onwards and keeps the pretrained ops); a directory holding another teacher's,
+pool's or data's run is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lana.errors import LanaError
+
+STAGES = ("profile", "pretrain", "score", "search", "select", "finetune", "validate", "report")
+# The settings each stage depends on (besides those of the stages before it).
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "profile": ("teacher", "device", "pool", "lut"),
+    "pretrain": ("teacher", "pool", "data", "seed", "pretrain_epochs", "images"),
+    "score": ("score_samples",),
+    "search": ("budget", "k", "overlap"),
+    "select": (),
+    "finetune": ("finetune_epochs",),
+    "validate": ("tolerance",),
+    "report": (),
+}
+# Settings that make a directory "another run": changing them needs --force.
+IDENTITY = ("teacher", "pool", "data")
+SCHEMA = "lana.run/1"
+REPO_LUTS = Path(__file__).resolve().parent.parent / "luts"
+
+
+class RunError(LanaError):
+    """A problem with a ``lana run`` request or its output directory."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's artifacts."""
+
+    teacher: str = "demo"  # registry name or file.py:factory
+    device: str = "cpu-ort"  # device preset that measures latency
+    budget: str = "0.5x"  # latency budget: ms or a fraction of the teacher ("0.5x")
+    pool: str = "small"  # candidate pool: small, full or single-shot
+    data: str | None = None  # ImageFolder root; None is the embedded digits data
+    lut: str | None = None  # an explicit LUT file instead of profiling
+    k: int = 10  # diverse architectures the search returns
+    overlap: float = 0.7  # max share of layers two architectures may have in common
+    seed: int = 0
+    pretrain_epochs: int | None = None  # None: the stage's default
+    finetune_epochs: int | None = None
+    images: int | None = None  # cap on training images (quick runs)
+    score_samples: int | None = None
+    tolerance: float = 0.05  # measured latency may exceed the budget by this share
+
+    def digest(self, names: tuple[str, ...]) -> str:
+        values = {n: getattr(self, n) for n in names}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Manifest:
+    config: dict[str, Any]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest | None":
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema") != SCHEMA:
+                raise ValueError(f"schema {data.get('schema')!r}")
+            return cls(data["config"], data.get("stages", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunError(f"{path} is not a readable lana run manifest ({exc}); use another --out "
+                           f"or pass --force to start over") from exc
+
+    def write(self, path: Path) -> None:
+        from lana.lut import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"schema": SCHEMA, "config": self.config,
+                                            "stages": self.stages}, indent=1))
+
+
+def stage_digest(config: RunConfig, stage: str) -> str:
+    """A stage's fingerprint covers its own inputs and those of every stage before it."""
+    names: list[str] = []
+    for s in STAGES[: STAGES.index(stage) + 1]:
+        names += STAGE_INPUTS[s]
+    return config.digest(tuple(names))
+
+
+def _check_device(device: str) -> None:
+    from profilers import list_presets, load_preset
+
+    try:
+        preset = load_preset(device)
+    except LanaError:
+        raise
+    except Exception as exc:  # profilers errors are plain ValueErrors by design
+        raise RunError(str(exc)) from exc
+    reason = preset.unusable_reason()
+    if reason:
+        usable = [p.name for p in list_presets() if not p.unusable_reason()]
+        raise RunError(f"device {device!r} is not usable here: {reason}; usable devices: "
+                       f"{', '.join(usable) or 'none'}")
+
+
+def _prepare_dir(out: Path, config: RunConfig, force: bool) -> Manifest:
+    manifest_path = out / "run.json"
+    old = None if force else Manifest.read(manifest_path)
+    if force and out.exists():
+        for name in [*STAGES, "lut.json", "pretrain", "scores.json", "search.json", "select.json",
+                     "finetune", "validation.json", "summary.json", "report.md", "run.json"]:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        for png in out.glob("*.png"):
+            png.unlink()
+    elif old is None and out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} is not empty and holds no lana run; choose another --out or pass "
+                       f"--force to use it anyway")
+    if old is not None:
+        changed = [n for n in IDENTITY if old.config.get(n) != getattr(config, n)]
+        if changed:
+            was = ", ".join(f"{n}={old.config.get(n)!r}" for n in changed)
+            raise RunError(f"{out} holds another run ({was}); choose another --out or pass --force "
+                           f"to replace it")
+        old.config = asdict(config)
+        return old
+    out.mkdir(parents=True, exist_ok=True)
+    return Manifest(asdict(config))
+
+
+def shipped_lut(teacher: str, device: str, pool: str) -> Path | None:
+    """A LUT under ``luts/`` for this teacher and device that covers the pool, is not stale, and
+    was measured on the CPU/GPU model this machine has; None when there is none."""
+    from lana.lut import Lut
+    from profilers.system import cpu_model, gpu_info
+
+    candidates = [REPO_LUTS / device / f"{teacher}.json", REPO_LUTS / device / f"{teacher}-{pool}.json"]
+    here = {"cpu": cpu_model(), "gpu": gpu_info().get("gpu")}
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            lut = Lut.load(path, teacher=teacher)
+        except LanaError:
+            continue
+        seen = lut.device.get("seen", {})
+        if seen.get("cpu") != here.get("cpu") or seen.get("gpu") != here.get("gpu"):
+            continue
+        if lut.preset != device:
+            continue
+        from lana.pool import build_pool
+        from lana.teachers import create_teacher
+
+        keys = [k for lp in build_pool(create_teacher(teacher, pretrained=False), pool) for k in lp.keys]
+        if lut.missing(keys) or lut.fixed is None:
+            continue
+        return path
+    return None
+
+
+class Pipeline:
+    """Runs the stages of one run directory; see the module docstring."""
+
+    def __init__(self, config: RunConfig, out: str | Path, *, force: bool = False,
+                 console: Any = None, log: Callable[[str], None] | None = None) -> None:
+        from rich.console import Console
+
+        self.config = config
+        self.out = Path(out)
+        self.console = console or Console(stderr=True)
+        _check_device(config.device)
+        if config.pool not in ("small", "full", "single-shot"):
+            from lana.ops import POOLS
+
+            raise RunError(f"unknown pool {config.pool!r}; valid pools: {', '.join(POOLS)}")
+        self.manifest = _prepare_dir(self.out, config, force)
+        self._teacher = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def teacher(self):
+        if self._teacher is None:
+            from lana.teachers import create_teacher
+
+            self._teacher = create_teacher(self.config.teacher)
+        return self._teacher
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def done(self, stage: str) -> bool:
+        entry = self.manifest.stages.get(stage, {})
+        return bool(entry.get("done")) and entry.get("digest") == stage_digest(self.config, stage)
+
+    def _mark(self, stage: str, seconds: float, **extra: Any) -> None:
+        self.manifest.stages[stage] = {"done": True, "digest": stage_digest(self.config, stage),
+                                       "seconds": round(seconds, 2), **extra}
+        self.manifest.write(self.path("run.json"))
+
+    def _invalidate_from(self, stage: str) -> None:
+        for s in STAGES[STAGES.index(stage):]:
+            self.manifest.stages.pop(s, None)
+
+    # -- the stages ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.manifest.write(self.path("run.json"))
+        total = time.perf_counter()
+        for n, stage in enumerate(STAGES, 1):
+            if self.done(stage):
+                self.console.print(f"[dim][{n}/{len(STAGES)}] {stage}: done "
+                                   f"({self.manifest.stages[stage]['seconds']:.0f} s), skipped[/]")
+                continue
+            self._invalidate_from(stage)
+            self.console.rule(f"[bold][{n}/{len(STAGES)}] {stage}")
+            start = time.perf_counter()
+            extra = getattr(self, f"stage_{stage}")() or {}
+            self._mark(stage, time.perf_counter() - start, **extra)
+        summary = json.loads(self.path("summary.json").read_text())
+        summary["wall_s"] = round(time.perf_counter() - total, 1)
+        return summary
+
+    def stage_profile(self) -> dict:
+        import shutil as sh
+
+        c = self.config
+        target = self.path("lut.json")
+        if c.lut:
+            from lana.lut import Lut
+
+            Lut.load(c.lut, teacher=c.teacher)
+            sh.copyfile(c.lut, target)
+            return {"source": str(c.lut)}
+        shipped = shipped_lut(c.teacher, c.device, c.pool)
+        if shipped is not None:
+            sh.copyfile(shipped, target)
+            self.console.print(f"using {shipped.relative_to(REPO_LUTS.parent)}: measured on this "
+                               f"machine's hardware with the same op code")
+            return {"source": str(shipped)}
+        from lana.profile import profile
+
+        profile(c.device, c.teacher, pool=c.pool, out=target, resume=target.exists(),
+                progress=True)
+        return {"source": "profiled"}
+
+    def stage_pretrain(self) -> dict:
+        from lana.pretrain import pretrain
+
+        c = self.config
+        kwargs: dict[str, Any] = {"seed": c.seed, "resume": True, "images": c.images}
+        if c.pretrain_epochs is not None:
+            kwargs["epochs"] = c.pretrain_epochs
+        if c.pool == "single-shot":
+            return {"skipped": "single-shot pool has nothing to distil"}
+        pretrain(self.teacher, c.pool, c.data, self.path("pretrain"), **kwargs)
+        return {}
+
+    def _pretrain_dir(self) -> Path | None:
+        return None if self.config.pool == "single-shot" else self.path("pretrain")
+
+    def stage_score(self) -> dict:
+        from lana.score import score
+
+        c = self.config
+        kwargs: dict[str, Any] = {"seed": c.seed}
+        if c.score_samples is not None:
+            kwargs["samples"] = c.score_samples
+        score(self._pretrain_dir(), self.teacher, c.pool, c.data, self.path("scores.json"),
+              **kwargs)
+        return {}
+
+    def stage_search(self) -> dict:
+        from lana.search.report import search_files
+
+        c = self.config
+        # The target budget plus a sweep, so the report can draw the front around the chosen point.
+        from lana.search.files import load_table
+
+        table = load_table(self.path("scores.json"), [self.path("lut.json")])
+        name = table.table_names[0]
+        floor = table.minimum(name) / table.total(name, table.teacher_choice())
+        sweep = [f"{f / 10:.1f}x" for f in range(2, 10)]
+        budgets = [c.budget] + [b for b in sweep if b != c.budget and float(b[:-1]) > floor * 1.02]
+        report = search_files(luts=[str(self.path("lut.json"))], scores=str(self.path("scores.json")),
+                              budgets=[",".join(budgets)], out=str(self.path("search.json")), k=c.k,
+                              overlap=c.overlap, single_shot=c.pool == "single-shot")
+        target = next((t for t in report["targets"]
+                       if next(iter(t["budgets"].values()))["given"] == c.budget),
+                      report["targets"][0])
+        self.console.print(f"{target['found']} architectures at {c.budget} in "
+                           f"{report['time_s']:.2f} s (max gap {100 * (target['max_gap'] or 0):.2f} %)")
+        return {"found": target["found"]}
+
+    def stage_select(self) -> dict:
+        from lana.select import select
+
+        c = self.config
+        select(self.path("search.json"), self._pretrain_dir(), self.teacher, c.data,
+               self.path("select.json"), seed=c.seed)
+        return {}
+
+    def stage_finetune(self) -> dict:
+        from lana.finetune import finetune
+
+        c = self.config
+        kwargs: dict[str, Any] = {"seed": c.seed, "resume": True, "images": c.images}
+        if c.finetune_epochs is not None:
+            kwargs["epochs"] = c.finetune_epochs
+        finetune(self.path("select.json"), self.teacher, self._pretrain_dir(), c.data,
+                 self.path("finetune"), **kwargs)
+        return {}
+
+    def stage_validate(self) -> dict:
+        from lana.run_report import validate_run
+
+        validate_run(self)
+        return {}
+
+    def stage_report(self) -> dict:
+        from lana.run_report import write_report
+
+        write_report(self)
+        return {}
+
+
+def run(teacher: str = "demo", device: str = "cpu-ort", budget: str = "0.5x", pool: str = "small",
+        data: str | None = None, out: str | Path = "runs/demo", *, force: bool = False,
+        **settings: Any) -> dict[str, Any]:
+    """Run (or resume) the whole pipeline into ``out``; returns the summary dict."""
+    if data is not None and not Path(data).exists():
+        raise RunError(f"data directory {data} does not exist; pass an ImageFolder root "
+                       f"(train/<class>/*, val/<class>/*) or leave --data out for the embedded digits")
+    config = RunConfig(teacher=teacher, device=device, budget=budget, pool=pool,
+                       data=str(Path(data).resolve()) if data else None, **settings)
+    return Pipeline(config, out, force=force).run()

@@ -1,0 +1,282 @@
+"""The last two stages of ``lana run``: end-to-end validation and the report (summary, markdown, PNGs)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lana.run import Pipeline
+
+ROUNDS = 3  # teacher and student are measured alternately this many times; medians are reported
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def validate_run(p: "Pipeline") -> dict[str, Any]:
+    """Measure teacher and student end to end in one session on the run's device and LUT protocol.
+
+    The two are measured in alternation (ROUNDS times) so drift of a shared machine hits both; the
+    speed-up is the ratio of their medians.  The other search candidates are measured once each (with
+    their pretrained ops; latency does not depend on the weights) for the predicted-vs-measured plot.
+    """
+    from lana.assemble import load_student, read_arch
+    from lana.lut import Lut
+    from lana.ops import deploy
+    from lana.select import read_architectures
+    from lana.validate import lut_backend_config, lut_protocol, measure_network, parse_budget
+    from profilers import load_preset
+
+    lut = Lut.load(p.path("lut.json"), teacher=p.config.teacher)
+    preset = load_preset(p.config.device)
+    config, protocol = lut_backend_config(lut, preset), lut_protocol(lut)
+    shape = (lut.batch_size, *p.teacher.input_shape)
+    teacher_model = deploy(p.teacher.model)
+    student = deploy(load_student(p.path("finetune") / "student.pt"))
+    arch = read_arch(p.path("select.json"))
+    teacher_keys = [p.teacher.teacher_spec(i).key for i in range(len(p.teacher.layers))]
+
+    t_runs, s_runs = [], []
+    for _ in range(ROUNDS):
+        t_runs.append(measure_network(teacher_model, shape, preset, config=config,
+                                      protocol=protocol, label="teacher").median)
+        s_runs.append(measure_network(student, shape, preset, config=config,
+                                      protocol=protocol, label="student").median)
+    teacher_ms, student_ms = _median(t_runs), _median(s_runs)
+
+    points = []
+    for cand in read_architectures(p.path("search.json"), p.config.budget)[:10]:
+        if list(cand.arch.ops) == list(arch.ops):
+            continue
+        from lana.assemble import build_student
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights are fine: only latency is measured
+            model = deploy(build_student(cand.arch, p.teacher)[0])
+        measured = measure_network(model, shape, preset, config=config, protocol=protocol,
+                                   label="candidate").median
+        points.append({"predicted_ms": lut.predict(cand.arch.ops),
+                       "predicted_raw_ms": lut.predict_raw(cand.arch.ops), "measured_ms": measured})
+
+    teacher_pred = lut.predict(teacher_keys)
+    budget_ms = parse_budget(p.config.budget, teacher_pred)
+    result = {
+        "teacher": {"measured_ms": teacher_ms, "runs_ms": t_runs,
+                    "predicted_ms": teacher_pred, "predicted_raw_ms": lut.predict_raw(teacher_keys)},
+        "student": {"measured_ms": student_ms, "runs_ms": s_runs,
+                    "predicted_ms": lut.predict(arch.ops), "predicted_raw_ms": lut.predict_raw(arch.ops)},
+        "candidates": points,
+        "speedup": teacher_ms / student_ms,
+        "predicted_speedup": teacher_pred / lut.predict(arch.ops),
+        "budget_ms": budget_ms,
+        "within_budget": student_ms <= budget_ms * (1 + p.config.tolerance),
+        "tolerance": p.config.tolerance,
+        "device": p.config.device, "batch_size": lut.batch_size,
+    }
+    from lana.lut import atomic_write_text
+
+    atomic_write_text(p.path("validation.json"), json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def summarize(p: "Pipeline") -> dict[str, Any]:
+    val = json.loads(p.path("validation.json").read_text())
+    metrics = json.loads((p.path("finetune") / "metrics.json").read_text())
+    return {
+        "teacher": {"latency_ms": round(val["teacher"]["measured_ms"], 4),
+                    "predicted_ms": round(val["teacher"]["predicted_ms"], 4),
+                    "top1": round(100 * metrics["teacher_top1"], 2)},
+        "student": {"latency_ms": round(val["student"]["measured_ms"], 4),
+                    "predicted_ms": round(val["student"]["predicted_ms"], 4),
+                    "top1": round(100 * metrics["final_top1"], 2)},
+        "speedup": round(val["speedup"], 3),
+        "predicted_speedup": round(val["predicted_speedup"], 3),
+        "budget": p.config.budget,
+        "budget_ms": round(val["budget_ms"], 4),
+        "within_budget": val["within_budget"],
+        "device": p.config.device, "pool": p.config.pool,
+        "top1_drop": round(100 * (metrics["teacher_top1"] - metrics["final_top1"]), 2),
+    }
+
+
+def _layer_rows(p: "Pipeline") -> list[dict[str, Any]]:
+    from lana.assemble import read_arch
+    from lana.lut import Lut
+    from lana.spec import parse_key
+
+    lut = Lut.load(p.path("lut.json"), teacher=p.config.teacher)
+    arch = read_arch(p.path("select.json"))
+    rows = []
+    for i, (layer, key) in enumerate(zip(p.teacher.layers, arch.ops)):
+        family = parse_key(key).family
+        action = {"teacher": "kept", "identity": "skipped"}.get(family, "replaced")
+        teacher_key = p.teacher.teacher_spec(i).key
+        rows.append({"index": i, "layer": layer.name, "action": action, "op": key.split("|")[0],
+                     "teacher_ms": lut.latency(teacher_key),
+                     "op_ms": lut.latency(key) if family != "identity" else 0.0})
+    return rows
+
+
+def write_report(p: "Pipeline") -> dict[str, Any]:
+    """summary.json, report.md and its PNGs, and a rich summary table on the terminal."""
+    from lana.lut import atomic_write_text
+
+    summary = summarize(p)
+    atomic_write_text(p.path("summary.json"), json.dumps(summary, indent=1) + "\n")
+    rows = _layer_rows(p)
+    val = json.loads(p.path("validation.json").read_text())
+    _plots(p, summary, rows, val)
+    atomic_write_text(p.path("report.md"), _markdown(p, summary, rows, val))
+    print_summary(summary, rows, p.console)
+    return summary
+
+
+def _plots(p: "Pipeline", summary: dict, rows: list[dict], val: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"kept": "#4c72b0", "replaced": "#dd8452", "skipped": "#c44e52"}
+    # 1. teacher vs student: latency and top-1
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    names = ["teacher", "LANA student"]
+    lat = [summary["teacher"]["latency_ms"], summary["student"]["latency_ms"]]
+    acc = [summary["teacher"]["top1"], summary["student"]["top1"]]
+    axes[0].bar(names, lat, color=["#4c72b0", "#55a868"])
+    axes[0].axhline(summary["budget_ms"], color="k", ls="--", lw=1, label="budget")
+    axes[0].set_ylabel(f"measured latency (ms, {summary['device']})")
+    axes[0].legend()
+    axes[0].set_title(f"{summary['speedup']:.2f}x faster")
+    axes[1].bar(names, acc, color=["#4c72b0", "#55a868"])
+    axes[1].set_ylim(max(0, min(acc) - 5), 100)
+    axes[1].set_ylabel("top-1 on the held-out split (%)")
+    axes[1].set_title(f"{summary['top1_drop']:+.2f} points lost" if summary["top1_drop"] > 0
+                      else f"{-summary['top1_drop']:.2f} points gained")
+    fig.tight_layout()
+    fig.savefig(p.path("teacher_vs_student.png"), dpi=110)
+    plt.close(fig)
+
+    # 2. the search's latency/predicted-loss front, the target's candidates and the chosen one
+    search = json.loads(p.path("search.json").read_text())
+    chosen = json.loads(p.path("select.json").read_text())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    targets = sorted(search["targets"],
+                     key=lambda t: next(iter(t["budgets"].values()))["given"] != p.config.budget)
+    for n, target in enumerate(targets):
+        xs = [next(iter(a["predicted_ms"].values())) for a in target["architectures"]]
+        ys = [a["objective"] for a in target["architectures"]]
+        ax.scatter(xs, ys, s=14 if n else 22, color="#dd8452" if n == 0 else "#bbbbbb",
+                   label=f"candidates at {p.config.budget}" if n == 0 else None, zorder=2 if n == 0 else 1)
+    front = sorted((f["cost"], f["objective"]) for f in search.get("pareto", []))
+    if front:
+        ax.plot(*zip(*front), color="#4c72b0", lw=1.2, label="front (best per budget)")
+    chosen_ms = next(iter(chosen.get("predicted_ms", {}).values()), None)
+    if chosen_ms is not None:
+        ax.scatter([chosen_ms], [chosen["objective"]], marker="*", s=220, color="#55a868",
+                   edgecolor="k", zorder=4, label="selected")
+    ax.axvline(summary["budget_ms"], color="k", ls="--", lw=1, label="budget")
+    ax.set_xlabel("LUT-predicted latency (ms)")
+    ax.set_ylabel("predicted loss change (ILP objective)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(p.path("pareto.png"), dpi=110)
+    plt.close(fig)
+
+    # 3. per layer: what was kept, replaced or skipped, and its LUT latency
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    ys = range(len(rows))
+    ax.barh([y + 0.2 for y in ys], [r["teacher_ms"] for r in rows], height=0.4, color="#bbbbbb",
+            label="teacher op")
+    ax.barh([y - 0.2 for y in ys], [r["op_ms"] for r in rows], height=0.4,
+            color=[colors[r["action"]] for r in rows], label="chosen op")
+    ax.set_yticks(list(ys), [f"{r['layer']}: {r['action']} {'' if r['action'] != 'replaced' else r['op']}"
+                             for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("LUT latency (ms)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    ax.legend(handles + [plt.Rectangle((0, 0), 1, 1, color="#bbbbbb")],
+              [*colors, "teacher op"], fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(p.path("layers.png"), dpi=110)
+    plt.close(fig)
+
+    # 4. predicted vs measured (teacher, student, other candidates)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    pts = [(c["predicted_ms"], c["measured_ms"]) for c in val["candidates"]]
+    if pts:
+        ax.scatter(*zip(*pts), s=18, color="#999999", label="search candidates")
+    for who, color in (("teacher", "#4c72b0"), ("student", "#55a868")):
+        ax.scatter([val[who]["predicted_ms"]], [val[who]["measured_ms"]], s=50, color=color,
+                   label=who, zorder=3)
+    lo = min([v for pt in pts for v in pt] + [val["student"]["measured_ms"],
+                                             val["student"]["predicted_ms"]]) * 0.9
+    hi = max([v for pt in pts for v in pt] + [val["teacher"]["measured_ms"],
+                                             val["teacher"]["predicted_ms"]]) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set_xlabel("LUT prediction (ms)")
+    ax.set_ylabel("measured end to end (ms)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(p.path("predicted_vs_measured.png"), dpi=110)
+    plt.close(fig)
+
+
+def _markdown(p: "Pipeline", summary: dict, rows: list[dict], val: dict) -> str:
+    t, s = summary["teacher"], summary["student"]
+    lines = [
+        f"# LANA run: {p.config.teacher} on {p.config.device}, budget {p.config.budget}",
+        "",
+        "| | latency (ms, measured) | LUT prediction (ms) | top-1 (%) |",
+        "|---|---:|---:|---:|",
+        f"| teacher | {t['latency_ms']:.3f} | {t['predicted_ms']:.3f} | {t['top1']:.2f} |",
+        f"| LANA student | {s['latency_ms']:.3f} | {s['predicted_ms']:.3f} | {s['top1']:.2f} |",
+        "",
+        f"Speed-up measured end to end: **{summary['speedup']:.2f}x** (LUT predicted "
+        f"{summary['predicted_speedup']:.2f}x). Budget {summary['budget_ms']:.3f} ms: "
+        f"{'met' if summary['within_budget'] else '**missed**'} in reality. Top-1 change: "
+        f"{-summary['top1_drop']:+.2f} points.",
+        "",
+        "![teacher vs student](teacher_vs_student.png)",
+        "",
+        "## Search",
+        "",
+        "![Pareto front](pareto.png)",
+        "",
+        "## Layers",
+        "",
+        "| # | layer | action | op | teacher op (ms) | chosen op (ms) |",
+        "|---:|---|---|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['index']} | {r['layer']} | {r['action']} | `{r['op']}` | "
+                     f"{r['teacher_ms']:.4f} | {r['op_ms']:.4f} |")
+    lines += ["", "![layers](layers.png)", "", "## Predicted vs. measured latency", "",
+              "![predicted vs measured](predicted_vs_measured.png)", ""]
+    return "\n".join(lines)
+
+
+def print_summary(summary: dict, rows: list[dict], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"LANA: {summary['device']}, budget {summary['budget']} "
+                  f"({summary['budget_ms']:.3f} ms)")
+    for col in ("", "latency ms (measured)", "LUT ms", "top-1 %"):
+        table.add_column(col, justify="right" if col else "left")
+    for who, label in (("teacher", "teacher"), ("student", "LANA student")):
+        d = summary[who]
+        table.add_row(label, f"{d['latency_ms']:.3f}", f"{d['predicted_ms']:.3f}",
+                      f"{d['top1']:.2f}")
+    console.print(table)
+    kept = sum(r["action"] == "kept" for r in rows)
+    skipped = sum(r["action"] == "skipped" for r in rows)
+    console.print(f"speed-up {summary['speedup']:.2f}x measured ({summary['predicted_speedup']:.2f}x "
+                  f"predicted); top-1 {-summary['top1_drop']:+.2f} points; layers kept {kept}, "
+                  f"replaced {len(rows) - kept - skipped}, skipped {skipped}; budget "
+                  f"{'met' if summary['within_budget'] else 'MISSED'}")

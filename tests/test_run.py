@@ -1,0 +1,109 @@
+"""`lana run`: the whole pipeline end to end (single-shot pool, tiny protocol), resume and bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from lana.cli import main
+from lana.run import RunConfig, RunError, run, stage_digest
+
+TINY_PRESET = """\
+description = "cpu-ort, one thread, tiny protocol (tests)"
+extends = "cpu-ort"
+threads = 1
+[protocol]
+warmup_s = 0.0
+warmup_iters = 1
+min_iters = 3
+min_time_s = 0.0
+max_iters = 30
+retries = 0
+"""
+QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_device(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("presets") / "cpu-ort-tiny.toml"
+    path.write_text(TINY_PRESET)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_device, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "demo"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run("demo", tiny_device, "0.6x", out=out, **QUICK)
+    return out, summary
+
+
+def test_pipeline_writes_every_artifact(finished_run):
+    out, summary = finished_run
+    for name in ("lut.json", "scores.json", "search.json", "select.json", "finetune/student.pt",
+                 "finetune/metrics.json", "validation.json", "summary.json", "report.md",
+                 "teacher_vs_student.png", "pareto.png", "layers.png", "predicted_vs_measured.png"):
+        assert (out / name).exists(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert set(on_disk) >= {"teacher", "student", "speedup", "budget_ms", "within_budget"}
+    assert set(on_disk["teacher"]) >= {"latency_ms", "top1"}
+    assert set(on_disk["student"]) >= {"latency_ms", "predicted_ms", "top1"}
+    assert on_disk["speedup"] == pytest.approx(
+        on_disk["teacher"]["latency_ms"] / on_disk["student"]["latency_ms"], rel=1e-2)
+    # the chosen single-shot student skips layers, so it predicts faster than the teacher
+    assert on_disk["student"]["predicted_ms"] < on_disk["teacher"]["predicted_ms"]
+    assert on_disk["student"]["predicted_ms"] <= on_disk["budget_ms"] * 1.0001
+    assert 0 <= on_disk["student"]["top1"] <= 100
+    report = (out / "report.md").read_text()
+    assert "skipped" in report and "![Pareto front](pareto.png)" in report
+
+
+def test_rerun_skips_finished_stages_and_new_budget_reuses_early_ones(finished_run, tiny_device):
+    out, _ = finished_run
+    before = json.loads((out / "run.json").read_text())["stages"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run("demo", tiny_device, "0.6x", out=out, **QUICK)
+    after = json.loads((out / "run.json").read_text())["stages"]
+    assert after == before  # nothing re-ran
+    config = RunConfig(teacher="demo", device=tiny_device, budget="0.7x", **QUICK)
+    # a new budget changes the search stage onwards, not profiling or scoring
+    assert stage_digest(config, "score") == before["score"]["digest"]
+    assert stage_digest(config, "search") != before["search"]["digest"]
+
+
+def test_refuses_another_runs_directory(finished_run, tiny_device):
+    out, _ = finished_run
+    with pytest.raises(RunError, match="holds another run.*--force"):
+        run("demo", tiny_device, "0.6x", out=out, **{**QUICK, "pool": "small"})
+
+
+def test_refuses_a_foreign_nonempty_directory(tmp_path, tiny_device):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="not empty.*--force"):
+        run("demo", tiny_device, "0.5x", out=tmp_path, **QUICK)
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # nothing lost
+
+
+def test_unusable_device_says_why_and_lists_usable(tmp_path, capsys):
+    code = main(["run", "--device", "v100-trt", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "not usable here" in err and "cpu-ort" in err
+
+
+def test_missing_data_dir_is_one_line_error(tmp_path, capsys):
+    code = main(["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "\n" not in err
+
+
+def test_infeasible_budget_says_smallest_reachable(finished_run, tiny_device, tmp_path):
+    out, _ = finished_run
+    from lana.search.report import search_files
+
+    with pytest.raises(Exception, match=r"(?i)smallest|cheapest|minimum"):
+        search_files(luts=[str(out / "lut.json")], scores=str(out / "scores.json"),
+                     budgets=["0.01x"], out=str(tmp_path / "s.json"), k=1, plot=False)
