@@ -319,7 +319,7 @@ class Pipeline:
 
         c = self.config
         select(self.path("search.json"), self._pretrain_dir(), self.teacher, c.data,
-               self.path("select.json"), seed=c.seed)
+               self.path("select.json"), budget=c.budget, seed=c.seed)
         return {}
 
     def stage_finetune(self) -> dict:
