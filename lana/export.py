@@ -34,10 +34,16 @@ def default_cache_dir() -> Path:
 
 
 def content_hash(module: nn.Module, input_shape: Sequence[int], opset: int = OPSET) -> str:
-    """Hash of everything that determines the exported file."""
+    """Hash of everything that determines the exported file: structure, plain attributes, tensors."""
     h = hashlib.sha256()
     h.update(f"{torch.__version__}|{opset}|{tuple(input_shape)}|".encode())
     h.update(repr(module).encode())
+    # repr() leaves out plain attributes (a head count, a residual flag), which change the graph.
+    for name, sub in module.named_modules():
+        plain = sorted((k, repr(v)) for k, v in vars(sub).items()
+                       if not k.startswith("_") and isinstance(v, (int, float, str, bool, tuple,
+                                                                   type(None))))
+        h.update(f"{name}:{plain}".encode())
     for name, tensor in list(module.state_dict().items()):
         h.update(name.encode())
         t = tensor.detach().cpu().contiguous().reshape(-1)

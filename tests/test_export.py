@@ -64,3 +64,13 @@ def test_export_cache_hits_and_content_hash(tmp_path):
     assert content_hash(a, (1, 8, 8, 8)) != content_hash(b, (1, 8, 8, 8))
     assert export_onnx(b, (1, 8, 8, 8), cache_dir=tmp_path) != first
     assert len(list(tmp_path.glob("*.onnx"))) == 2
+
+
+def test_content_hash_sees_attributes_repr_leaves_out():
+    # vit ops that differ only in head count have the same repr and, seeded alike, the same weights
+    keys = [OpSpec.make("vit", (16, 8, 8), (16, 8, 8), 1, d=1, w=32, h=h) for h in (4, 8)]
+    hashes = []
+    for spec in keys:
+        torch.manual_seed(0)
+        hashes.append(content_hash(create_op(spec).eval(), (1, 16, 8, 8)))
+    assert hashes[0] != hashes[1]

@@ -1,0 +1,56 @@
+"""Fine-tune the selected architecture with cross-entropy plus distillation from the teacher.
+
+Starts from the pretrained ops (teacher layers from the teacher); loss (1 - a) * CE + a * T^2 *
+KL(teacher || student) at temperature T, AdamW with a cosine schedule.  Reports validation top-1
+after every epoch and checkpoints atomically, so --resume continues an interrupted run.  Writes
+OUT/student.pt (architecture + state_dict) and OUT/metrics.json (val top-1 per epoch, final,
+teacher top-1).  torchrun --nproc_per_node N -m lana finetune ... trains data-parallel (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lana.cli import command_parser
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from lana.commands.pretrain import add_common
+    from lana.finetune import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_KD_WEIGHT, DEFAULT_LR,
+                               DEFAULT_TEMPERATURE)
+
+    p = command_parser(sub, "finetune", __doc__)
+    p.add_argument("--arch", required=True, help="architecture file (lana select's output)")
+    p.add_argument("--teacher", help="teacher name (default: the one the architecture names)")
+    p.add_argument("--pretrain", help="lana pretrain output directory (default: none, the "
+                   "replaced ops start from random weights)")
+    p.add_argument("--out", required=True, help="output directory (e.g. run/finetune)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"(default: {DEFAULT_EPOCHS})")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"per process (default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW peak (default: {DEFAULT_LR})")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"distillation temperature (default: {DEFAULT_TEMPERATURE})")
+    p.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT,
+                   help=f"weight of the distillation term in [0, 1] (default: {DEFAULT_KD_WEIGHT})")
+    p.add_argument("--images", type=int, help="use at most N training images (quick runs)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lana.commands.pretrain import call_reporting_warnings
+    from lana.finetune import finetune
+
+    m = call_reporting_warnings(
+        finetune, args.arch, args.teacher, args.pretrain, args.data, args.out,
+        epochs=args.epochs, resume=args.resume, batch_size=args.batch_size, lr=args.lr,
+        temperature=args.temperature, kd_weight=args.kd_weight, images=args.images,
+        device=args.device, seed=args.seed, teacher_weights=args.teacher_weights,
+        progress=not args.no_progress)
+    print(f"val top-1 {100 * m['final_top1']:.2f}% (teacher {100 * m['teacher_top1']:.2f}%, "
+          f"{100 * m['top1_drop']:+.2f} points lost) after {m['epochs']} epochs, "
+          f"{m['seconds']:.0f} s; wrote {args.out}/student.pt and {args.out}/metrics.json")
+    return 0

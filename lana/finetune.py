@@ -1,0 +1,303 @@
+"""Fine-tune the selected architecture with the teacher's objective plus distillation (paper §2.2).
+
+The student starts from its distilled ops (teacher layers, stem and head from the teacher) and is
+trained with ``(1 - kd_weight) * cross-entropy + kd_weight * T^2 * KL(teacher || student)`` at
+temperature ``T`` from the teacher's logits on the same (augmented) batch, AdamW with a cosine
+schedule after a short warm-up.  Validation top-1 is reported after every epoch.  After every epoch
+``<out>/checkpoint.pt`` is replaced atomically (model, optimizer, schedule, history), so
+``resume=True`` continues an interrupted run from the last finished epoch.  Launched by
+``torchrun``, every process trains on its own share of each batch order and DDP averages the
+gradients.
+
+Writes ``<out>/student.pt`` (the architecture and state_dict, readable by
+:func:`lana.assemble.load_student`) and ``<out>/metrics.json``::
+
+    {"val_top1": [per epoch, in [0, 1]], "final_top1": ..., "teacher_top1": ...,
+     "train_loss": [per epoch], "epochs": E, "seconds": wall time, "arch": [op keys], ...}
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lana.distributed import (Split, autocast, barrier, grad_scaler, iter_batches, num_batches,
+                              place, place_module, setup, teardown)
+from lana.errors import LanaError
+
+if TYPE_CHECKING:
+    from lana.assemble import Architecture
+    from lana.teachers import Teacher
+
+DEFAULT_EPOCHS = 20
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_LR = 1e-3
+DEFAULT_WEIGHT_DECAY = 0.01
+DEFAULT_TEMPERATURE = 4.0
+DEFAULT_KD_WEIGHT = 0.7
+CHECKPOINT = "checkpoint.pt"
+
+
+class FinetuneError(LanaError):
+    """A fine-tuning run that cannot start or continue as asked."""
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+            temperature: float, kd_weight: float) -> torch.Tensor:
+    """Cross-entropy on labels blended with the temperature-scaled KL from the teacher."""
+    s, t = student_logits.float(), teacher_logits.float()
+    ce = F.cross_entropy(s, labels)
+    if kd_weight <= 0:
+        return ce
+    kl = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1),
+                  reduction="batchmean", log_target=True) * temperature ** 2
+    return (1.0 - kd_weight) * ce + kd_weight * kl
+
+
+@torch.no_grad()
+def top1(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` in eval mode on ``split`` (no augmentation), in [0, 1]."""
+    was = model.training
+    model.eval()
+    correct = n = 0
+    for x, y in iter_batches(split.plain(), batch_size):
+        x, y = place(x, device), y.to(device)
+        with autocast(device):
+            correct += int((model(x).argmax(1) == y).sum())
+        n += int(y.numel())
+    model.train(was)
+    if n == 0:
+        raise FinetuneError("the validation split is empty; add images to it")
+    return correct / n
+
+
+def _save_atomic(payload: dict, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_arch(arch: "Architecture | str | Path") -> "Architecture":
+    from lana.assemble import Architecture
+    from lana.select import read_architectures
+
+    if isinstance(arch, Architecture):
+        return arch
+    cands = read_architectures(arch)
+    if len(cands) > 1:
+        raise FinetuneError(f"{arch} holds {len(cands)} architectures; run lana select on it and "
+                            f"pass the file it writes")
+    return cands[0].arch
+
+
+def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" = None,
+             pretrain: str | Path | None = None, data: Any = None,
+             out: str | Path = "run/finetune", *, epochs: int = DEFAULT_EPOCHS,
+             resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+             weight_decay: float = DEFAULT_WEIGHT_DECAY,
+             temperature: float = DEFAULT_TEMPERATURE, kd_weight: float = DEFAULT_KD_WEIGHT,
+             images: int | None = None, device: str | None = None, seed: int = 0,
+             teacher_weights: str | Path | None = None, progress: bool = True) -> dict:
+    """Fine-tune ``arch`` (see the module docstring); returns the metrics written.
+
+    ``pretrain`` None starts every replaced op from its random initialisation (the
+    no-pretraining baseline); ``images`` caps the training images (quick runs).
+    """
+    from lana.assemble import check_arch, save_student
+    from lana.pretrain import load_splits, open_teacher, read_manifest, teacher_digest
+    from lana.select import build_candidate
+
+    if epochs < 1:
+        raise FinetuneError(f"--epochs must be at least 1, got {epochs}")
+    if batch_size < 2:
+        raise FinetuneError(f"--batch-size must be at least 2 (batch norm), got {batch_size}")
+    if not 0.0 <= kd_weight <= 1.0 or temperature <= 0:
+        raise FinetuneError(f"--kd-weight must be in [0, 1] and --temperature positive, got "
+                            f"{kd_weight} and {temperature}")
+    a = _load_arch(arch)
+    if teacher is not None:
+        given = teacher if isinstance(teacher, str) else teacher.name
+        if given != a.teacher:
+            raise FinetuneError(f"the architecture is for teacher {a.teacher!r}, not {given!r}; "
+                                f"pass --teacher {a.teacher}")
+    info = setup(device)
+    try:
+        t = open_teacher(teacher if teacher is not None and not isinstance(teacher, str)
+                         else a.teacher, teacher_weights)
+        check_arch(a, t)
+        pool = a.pool or None
+        if pretrain is not None:
+            pool = read_manifest(pretrain, t, pool).get("pool")
+        if not a.layer_names:
+            a = a.replace(layer_names=tuple(l.name for l in t.layers))
+        out = Path(out)
+        ckpt_path = out / CHECKPOINT
+        if ckpt_path.is_file() and not resume:
+            raise FinetuneError(f"{out} holds an unfinished or finished fine-tuning; pass --resume "
+                                f"to continue it or a fresh --out to start over")
+        dev = info.device
+        splits = load_splits(data, t, seed)
+        train = splits.train.subset(images, seed)
+        torch.manual_seed(seed)
+        student = place_module(build_candidate(a, t, pretrain, pool or ""), dev)
+        place_module(t.model, dev).eval()
+        decay = [p for p in student.parameters() if p.ndim > 1]
+        no_decay = [p for p in student.parameters() if p.ndim <= 1]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        per_epoch = num_batches(len(train), batch_size, info.world_size, drop_last=True)
+        if per_epoch < 1:
+            raise FinetuneError(f"{len(train)} training images make no batch of {batch_size} per "
+                                f"process; lower --batch-size or add images")
+        total = epochs * per_epoch
+        warmup = min(per_epoch, max(1, total // 20))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warmup if s < warmup else
+            0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup)))))
+        scaler = grad_scaler(dev)
+        history: dict[str, list] = {"val_top1": [], "train_loss": [], "epoch_seconds": []}
+        first_epoch = 0
+        digest = teacher_digest(t)
+        if resume and ckpt_path.is_file():
+            first_epoch, history = _restore(ckpt_path, student, opt, sched, scaler, a, digest,
+                                            epochs, out)
+        teacher_top1 = top1(t.model, splits.val, dev)
+        model: nn.Module = student
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(student, device_ids=[dev.index] if dev.type == "cuda" else None)
+        bar = _progress(progress and info.is_main)
+        start = time.perf_counter()
+        with (bar if bar is not None else _Null()):
+            task = (bar.add_task("fine-tuning", total=(epochs - first_epoch) * per_epoch)
+                    if bar is not None else None)
+            for epoch in range(first_epoch, epochs):
+                t0 = time.perf_counter()
+                model.train()
+                loss_sum, steps = 0.0, 0
+                for x, y in iter_batches(train, batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                         rank=info.rank, world=info.world_size, drop_last=True,
+                                         augment=True):
+                    x, y = place(x, dev), y.to(dev, non_blocking=True)
+                    with torch.no_grad(), autocast(dev):
+                        t_logits = t.model(x)
+                    with autocast(dev):
+                        loss = kd_loss(model(x), t_logits, y, temperature=temperature,
+                                       kd_weight=kd_weight)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    sched.step()
+                    loss_sum += float(loss.detach())
+                    steps += 1
+                    if bar is not None:
+                        bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs} "
+                                   f"loss {loss_sum / steps:.4f}")
+                if not math.isfinite(loss_sum):
+                    raise FinetuneError(f"fine-tuning diverged in epoch {epoch + 1}; lower --lr "
+                                        f"(now {lr:g}) and start over with a fresh --out")
+                acc = top1(student, splits.val, dev)
+                history["val_top1"].append(acc)
+                history["train_loss"].append(loss_sum / max(1, steps))
+                history["epoch_seconds"].append(round(time.perf_counter() - t0, 3))
+                if info.is_main:
+                    _save_atomic({"epoch": epoch + 1, "model": student.state_dict(),
+                                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                  "scaler": scaler.state_dict(), "history": history,
+                                  "arch": list(a.ops), "teacher": t.name,
+                                  "teacher_digest": digest, "epochs": epochs,
+                                  "rng": torch.get_rng_state()}, ckpt_path)
+                    msg = (f"epoch {epoch + 1:>3}/{epochs}  loss {loss_sum / max(1, steps):.4f}  "
+                           f"val top-1 {100 * acc:.2f}%  (teacher {100 * teacher_top1:.2f}%)")
+                    if bar is not None:
+                        bar.console.print(msg)
+                barrier(info)
+        seconds = time.perf_counter() - start
+        student.eval()
+        final = history["val_top1"][-1] if history["val_top1"] else top1(student, splits.val, dev)
+        metrics = {"val_top1": history["val_top1"], "final_top1": final,
+                   "teacher_top1": teacher_top1, "top1_drop": teacher_top1 - final,
+                   "train_loss": history["train_loss"], "epochs": epochs,
+                   "epoch_seconds": history["epoch_seconds"], "seconds": round(seconds, 2),
+                   "teacher": t.name, "pool": pool, "arch": list(a.ops),
+                   "pretrained_init": pretrain is not None, "world_size": info.world_size,
+                   "config": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                              "temperature": temperature, "kd_weight": kd_weight,
+                              "images": len(train), "seed": seed}}
+        if info.is_main:
+            from lana.lut import atomic_write_text
+
+            save_student(student.cpu(), a, t, out / "student.pt", metrics=metrics)
+            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        barrier(info)
+        return metrics
+    finally:
+        teardown(info)
+
+
+def _restore(path: Path, student: nn.Module, opt, sched, scaler, arch: "Architecture",
+             digest: str, epochs: int, out: Path) -> tuple[int, dict]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ops, state = ck["arch"], ck["model"]
+    except Exception as exc:  # a truncated or foreign file: never reuse it silently
+        raise FinetuneError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it "
+                            f"to start over") from exc
+    if list(ops) != list(arch.ops) or ck.get("teacher_digest") != digest:
+        raise FinetuneError(f"checkpoint {path} belongs to another architecture or teacher; pass "
+                            f"a fresh --out")
+    if int(ck.get("epochs", epochs)) != epochs:
+        raise FinetuneError(f"checkpoint {path} was made for --epochs {ck.get('epochs')}; resume "
+                            f"with the same --epochs (the schedule depends on it)")
+    try:
+        student.load_state_dict(state, strict=True)
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        if isinstance(ck.get("rng"), torch.Tensor):
+            torch.set_rng_state(ck["rng"])  # the same augmentation as an uninterrupted run
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise FinetuneError(f"checkpoint {path} does not fit this run ({type(exc).__name__}); "
+                            f"delete it or pass a fresh --out") from exc
+    return int(ck["epoch"]), {k: list(v) for k, v in ck["history"].items()}
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+__all__ = ["CHECKPOINT", "DEFAULT_EPOCHS", "FinetuneError", "finetune", "kd_loss", "top1"]

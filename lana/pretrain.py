@@ -1,0 +1,643 @@
+"""Layer-wise distillation of every candidate op (paper Eq. 2): each op learns to mimic its layer.
+
+For every teacher layer i and candidate op j, ``s_ij`` is trained to map the teacher's input to
+that layer, ``x_{i-1}``, to the teacher layer's output ``t_i(x_{i-1})`` under an MSE loss.  The
+N x M problems are independent, so one no-grad teacher forward pass (with hooks on every layer)
+feeds all layers at once, and several ops per layer train on the same captured features
+(``ops_per_pass``): the whole pool costs about ``M / ops_per_pass`` passes of ``epochs`` epochs.
+Batch norm inside candidate ops trains normally (batch statistics, running averages updated).
+
+The teacher op needs no training (it is the teacher's layer) and parameter-free ops such as
+identity have nothing to learn; every other op gets one checkpoint, written with
+:func:`lana.checkpoints.save_checkpoint` at ``op_checkpoint_path(out, layer, key)`` with metadata
+``teacher``, ``pool``, ``key``, ``layer`` (index), ``layer_name``, ``teacher_digest``, ``val_mse``.
+``<out>/pretrain.json`` summarises the run::
+
+    {"schema": "lana.pretrain/1", "teacher": T, "pool": P, "teacher_digest": sha256 of the
+     teacher's weights, "input_shape": [C, H, W], "epochs": E, "complete": bool,
+     "layers": [{"index": i, "name": layer name,
+                 "ops": {op_key: {"status": "teacher" | "no-weights" | "trained" | "pending",
+                                  "file": path relative to out, "val_mse": MSE on held-out images,
+                                  "rel_mse": val_mse / mean square of the teacher output, ...}}}]}
+
+An interrupted run resumes with ``resume=True``: ops whose checkpoint is there are skipped; a
+checkpoint that is corrupt, or from another teacher, pool or op, is an error naming the fix.
+
+Several processes (``torchrun --nproc_per_node 2 -m lana pretrain ...``) split the (layer, op)
+problems between them by estimated cost (FLOPs): the problems share no weights, so no gradient is
+ever exchanged, every rank writes its own checkpoints, and the only duplicated work is the cheap
+no-grad teacher forward.  Sharding the data instead would need an all-reduce of every op's
+gradients at every step for the same result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lana.distributed import (Split, all_gather_objects, as_split, autocast, barrier,
+                              grad_scaler, iter_batches, num_batches, place, place_module, setup,
+                              shard_balanced, teardown)
+from lana.errors import LanaError
+from lana.spec import OpSpec
+
+if TYPE_CHECKING:
+    from lana.teachers import Teacher
+
+SCHEMA = "lana.pretrain/1"
+MANIFEST = "pretrain.json"
+DEFAULT_EPOCHS = 1
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_LR = 1e-2
+DEFAULT_WEIGHT_DECAY = 1e-4
+DEFAULT_EVAL_IMAGES = 256
+
+
+class PretrainError(LanaError):
+    """A pretraining run or directory that cannot be used as asked."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher and data, shared by every training stage
+
+
+def open_teacher(teacher: "str | Teacher", weights: str | Path | None = None) -> "Teacher":
+    """A :class:`~lana.teachers.Teacher` from a name (shipped weights) or as given."""
+    from lana.teachers import Teacher, create_teacher
+
+    if isinstance(teacher, Teacher):
+        return teacher
+    t = create_teacher(str(teacher), weights=weights)
+    if not t.pretrained:
+        raise PretrainError(f"teacher {teacher} has no trained weights; pass a weights file "
+                            f"(weights=... / --teacher-weights) or train it with lana train-teacher")
+    return t
+
+
+def teacher_digest(teacher: "Teacher") -> str:
+    """SHA-256 (16 hex) of the teacher's parameters and buffers: other weights, other digest."""
+    cached = getattr(teacher, "_lana_digest", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    for name, t in sorted(teacher.model.state_dict().items()):
+        h.update(name.encode())
+        t = t.detach().cpu().contiguous().reshape(-1)
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()[:16]
+    try:
+        teacher._lana_digest = digest  # the weights of a Teacher do not change after loading
+    except AttributeError:
+        pass
+    return digest
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The data splits of one run, checked against the teacher."""
+
+    train: Split  # augmented training images
+    val: Split  # held-out images (reported top-1, held-out MSE)
+    calib: Split  # labelled subset of train without augmentation (scoring, selection)
+    num_classes: int
+    source: str  # "digits" or the data directory
+
+
+def load_splits(data: Any, teacher: "Teacher", seed: int = 0) -> Splits:
+    """``lana.data.load_data`` for ``teacher``'s input shape, checked against its head.
+
+    ``data`` may also be an already loaded bundle (anything with ``train`` and ``val``).
+    """
+    if hasattr(data, "train") and hasattr(data, "val"):
+        bundle = data
+    else:
+        from lana.data import load_data
+
+        bundle = load_data(data, teacher.input_shape, seed=seed)
+    n_classes = int(getattr(bundle, "num_classes", 0) or 0)
+    if n_classes and n_classes != teacher.num_classes:
+        raise PretrainError(f"the data has {n_classes} classes but teacher {teacher.name}'s head "
+                            f"has {teacher.num_classes} outputs; pass data with "
+                            f"{teacher.num_classes} classes or a teacher trained on this data")
+    train = as_split(bundle.train, "train")
+    val = as_split(bundle.val, "val")
+    calib_src = getattr(bundle, "calib", None)
+    calib = as_split(calib_src, "calib").plain() if calib_src is not None else train.plain()
+    for name, split in (("train", train), ("val", val), ("calib", calib)):
+        if len(split) == 0:
+            raise PretrainError(f"the {name} split of {getattr(bundle, 'source', data)} is empty; "
+                                f"add images to it")
+        if split.images is not None and tuple(split.images.shape[1:]) != teacher.input_shape:
+            raise PretrainError(f"the {name} images are {tuple(split.images.shape[1:])}, teacher "
+                                f"{teacher.name} takes {teacher.input_shape}; resize the data")
+        if split.labels is not None:
+            top = int(split.labels.max())
+            if top >= teacher.num_classes or int(split.labels.min()) < 0:
+                raise PretrainError(f"the {name} split has label {top}, teacher {teacher.name} "
+                                    f"has {teacher.num_classes} classes; fix the labels")
+    return Splits(train, val, calib, n_classes or teacher.num_classes,
+                  str(getattr(bundle, "source", data)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops and their checkpoints
+
+
+def op_seed(index: int, key: str) -> int:
+    """The init seed of op ``key`` at layer ``index`` (the one assembly uses for random weights)."""
+    return int.from_bytes(hashlib.sha256(f"{index}|{key}".encode()).digest()[:4], "little")
+
+
+def build_op(spec: OpSpec, index: int, teacher: "Teacher | None" = None) -> nn.Module:
+    """A freshly initialised op (seeded per layer and key); the teacher op copies the layer."""
+    from lana.ops import create_op
+
+    if spec.family == "teacher":
+        if teacher is None:
+            raise PretrainError(f"op {spec.key} is a teacher layer: pass the teacher")
+        return create_op(spec, teacher.layer_module(index))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(op_seed(index, spec.key))
+        return create_op(spec)
+
+
+def needs_training(spec: OpSpec) -> bool:
+    """Whether an op has weights to distil (the teacher op and parameter-free ops do not)."""
+    if spec.family == "teacher":
+        return False
+    from lana.ops import create_op
+
+    with torch.device("meta"):
+        module = create_op(spec)
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _check_meta(path: Path, meta: dict, expect: dict) -> None:
+    for name, want in expect.items():
+        have = meta.get(name)
+        if have != want:
+            raise PretrainError(f"checkpoint {path} is for {name}={have!r}, not {want!r}; delete "
+                                f"it (or use a fresh --out) and re-run lana pretrain")
+
+
+def read_op_checkpoint(path: Path, expect: dict) -> tuple[dict, dict]:
+    """Load one op checkpoint, verifying its digest and that it belongs to ``expect``."""
+    from lana.checkpoints import CheckpointError, load_checkpoint
+
+    try:
+        state, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise PretrainError(f"{exc}") from exc
+    _check_meta(path, meta, expect)
+    return state, meta
+
+
+def load_op(pretrain_dir: str | Path | None, teacher: "Teacher", index: int, spec: OpSpec,
+            pool: str) -> nn.Module:
+    """Op ``spec`` of layer ``index`` with its distilled weights (eval mode).
+
+    The teacher op is a copy of the teacher layer, parameter-free ops are built fresh.  With
+    ``pretrain_dir`` None every op keeps its seeded random initialisation (the no-pretraining
+    baseline).  A missing, corrupt or foreign checkpoint is an error naming the fix.
+    """
+    from lana.checkpoints import op_checkpoint_path
+
+    module = build_op(spec, index, teacher)
+    if pretrain_dir is None or not needs_training(spec):
+        return module.eval()
+    path = op_checkpoint_path(pretrain_dir, index, spec.key)
+    if not path.is_file():
+        raise PretrainError(f"no pretrained weights for op {spec.key} of layer {index} in "
+                            f"{pretrain_dir}; run lana pretrain --teacher {teacher.name} --pool "
+                            f"{pool} --out {pretrain_dir} --resume")
+    state, _ = read_op_checkpoint(path, {"teacher": teacher.name, "pool": pool, "key": spec.key,
+                                         "layer": index,
+                                         "teacher_digest": teacher_digest(teacher)})
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PretrainError(f"checkpoint {path} does not fit op {spec.key} ({first}); the op code "
+                            f"changed: delete it and re-run lana pretrain --resume") from exc
+    return module.eval()
+
+
+def read_manifest(pretrain_dir: str | Path, teacher: "Teacher | None" = None,
+                  pool: str | None = None) -> dict:
+    """``<dir>/pretrain.json``, checked against the teacher (name and weights) and pool."""
+    path = Path(pretrain_dir) / MANIFEST
+    if not path.is_file():
+        raise PretrainError(f"{pretrain_dir} is not a pretraining directory (no {MANIFEST}); run "
+                            f"lana pretrain --out {pretrain_dir} first")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PretrainError(f"{path} is not valid JSON ({exc.msg}); delete it and re-run lana "
+                            f"pretrain --resume") from None
+    if str(manifest.get("schema", "")).partition("/")[0] != SCHEMA.partition("/")[0]:
+        raise PretrainError(f"{path} has schema {manifest.get('schema')!r}, expected {SCHEMA!r}; "
+                            f"pass the --out directory of lana pretrain")
+    if teacher is not None:
+        if manifest.get("teacher") != teacher.name:
+            raise PretrainError(f"{pretrain_dir} holds ops distilled from teacher "
+                                f"{manifest.get('teacher')!r}, not {teacher.name!r}; pass the "
+                                f"matching --teacher or --pretrain directory")
+        if manifest.get("teacher_digest") not in (None, teacher_digest(teacher)):
+            raise PretrainError(f"{pretrain_dir} was distilled from other weights of teacher "
+                                f"{teacher.name}; re-run lana pretrain with a fresh --out")
+    if pool is not None and manifest.get("pool") != pool:
+        raise PretrainError(f"{pretrain_dir} holds the {manifest.get('pool')!r} pool, not "
+                            f"{pool!r}; pass --pool {manifest.get('pool')} or re-run lana "
+                            f"pretrain --pool {pool}")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Capturing the teacher's layer inputs and outputs
+
+
+class _StopForward(Exception):
+    """Raised by the last hook that is needed: the rest of the teacher need not run."""
+
+
+class LayerTaps:
+    """Forward hooks on teacher layers recording each layer's input and output of one forward.
+
+    ``run(x)`` returns ``{layer index: (input, output)}``.  The forward stops after the deepest
+    tapped layer; tensors are cloned so a later in-place op cannot change them.
+    """
+
+    def __init__(self, teacher: "Teacher", indices: Iterable[int]) -> None:
+        self.teacher = teacher
+        self.indices = sorted(set(int(i) for i in indices))
+        self.captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "LayerTaps":
+        last = self.indices[-1] if self.indices else None
+        for i in self.indices:
+            module = self.teacher.layer_module(i)
+
+            def hook(mod, args, output, i=i):
+                self.captured[i] = (args[0].detach().clone(), output.detach().clone())
+                if i == last:
+                    raise _StopForward()
+
+            self._handles.append(module.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def run(self, x: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        self.captured = {}
+        with torch.no_grad():
+            try:
+                self.teacher.model(x)
+            except _StopForward:
+                pass
+        return self.captured
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One op of one layer to distil."""
+
+    layer: int  # teacher layer index
+    spec: OpSpec
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+
+def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def evaluate_mse(teacher: "Teacher", modules: dict[WorkItem, nn.Module], split: Split,
+                 batch_size: int, device: torch.device) -> dict[WorkItem, tuple[float, float]]:
+    """Per op: (MSE to the teacher layer output, mean square of that output) on ``split``.
+
+    The ops run in eval mode (batch norm from running statistics), as scoring uses them.
+    """
+    if not modules:
+        return {}
+    sums = {item: [0.0, 0.0, 0] for item in modules}
+    was = {item: m.training for item, m in modules.items()}
+    for m in modules.values():
+        m.eval()
+    with LayerTaps(teacher, {item.layer for item in modules}) as taps, torch.no_grad():
+        for x, _ in iter_batches(split.plain(), batch_size):
+            captured = taps.run(place(x, device))
+            for item, m in modules.items():
+                xin, tout = captured[item.layer]
+                with autocast(device):
+                    y = m(xin)
+                n = tout.shape[0]
+                sums[item][0] += float(F.mse_loss(y.float(), tout.float())) * n
+                sums[item][1] += float(tout.float().pow(2).mean()) * n
+                sums[item][2] += n
+    for item, m in modules.items():
+        m.train(was[item])
+    return {item: (s[0] / max(1, s[2]), s[1] / max(1, s[2])) for item, s in sums.items()}
+
+
+def _describe(items: Sequence[WorkItem]) -> str:
+    layers = sorted({it.layer for it in items})
+    fams: dict[str, int] = {}
+    for it in items:
+        fams[it.spec.family] = fams.get(it.spec.family, 0) + 1
+    span = f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
+    return f"{span}: " + ", ".join(f"{n}x{f}" for f, n in fams.items())
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    transient=False)
+
+
+def train_ops(teacher: "Teacher", items: Sequence[WorkItem], train: Split, *, epochs: int,
+              batch_size: int, lr: float, weight_decay: float, device: torch.device,
+              seed: int = 0, pass_index: int = 0, step_callback: Callable[[str], None] | None = None,
+              ) -> tuple[dict[WorkItem, nn.Module], dict[WorkItem, float]]:
+    """Distil ``items`` together for ``epochs`` epochs of ``train`` (one pass).
+
+    One no-grad teacher forward per batch captures every needed layer's input and output; each
+    op's MSE is back-propagated layer by layer (so only one layer's graphs are alive at a time)
+    and one AdamW step updates all ops.  AdamW normalises each parameter's step, so summing the
+    independent losses trains every op exactly as if it were trained alone.  Returns the trained
+    modules (train mode) and each op's mean training MSE over the last epoch.
+    """
+    modules = {it: place_module(build_op(it.spec, it.layer), device).train() for it in items}
+    by_layer: dict[int, list[WorkItem]] = {}
+    for it in items:
+        by_layer.setdefault(it.layer, []).append(it)
+    params = [p for m in modules.values() for p in m.parameters()]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps_per_epoch = num_batches(len(train), batch_size, drop_last=True)
+    total = max(1, epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, total // 20)))
+    scaler = grad_scaler(device)
+    last_loss = {it: 0.0 for it in items}
+    with LayerTaps(teacher, by_layer) as taps:
+        for epoch in range(epochs):
+            sums = {it: 0.0 for it in items}
+            count = 0
+            for x, _ in iter_batches(train, batch_size, shuffle=True, seed=seed,
+                                     epoch=pass_index * 1000 + epoch, drop_last=True,
+                                     augment=True):
+                with autocast(device):
+                    captured = taps.run(place(x, device))
+                opt.zero_grad(set_to_none=True)
+                for layer, layer_items in by_layer.items():
+                    xin, tout = captured[layer]
+                    loss = 0.0
+                    with autocast(device):
+                        for it in layer_items:
+                            mse = F.mse_loss(modules[it](xin).float(), tout.float())
+                            sums[it] += float(mse.detach())
+                            loss = loss + mse
+                    scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                count += 1
+                if step_callback is not None:
+                    step_callback(f"epoch {epoch + 1}/{epochs}")
+            last_loss = {it: s / max(1, count) for it, s in sums.items()}
+            bad = [it.key for it, v in last_loss.items() if not math.isfinite(v)]
+            if bad:
+                raise PretrainError(f"distillation diverged for {len(bad)} op(s) (e.g. {bad[0]}); "
+                                    f"lower --lr (now {lr:g}) and re-run with --resume")
+    return modules, last_loss
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from lana.lut import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _flops_cost(spec: OpSpec) -> float:
+    try:
+        from lana.pool import op_stats
+
+        return float(op_stats(spec)[1]) + 1e5
+    except Exception:  # a cost estimate only balances ranks; never fail the run on it
+        return 1e6
+
+
+def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
+             out: str | Path = "run/pretrain", *, epochs: int = DEFAULT_EPOCHS,
+             ops_per_pass: int | None = None, resume: bool = False,
+             batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+             weight_decay: float = DEFAULT_WEIGHT_DECAY, images: int | None = None,
+             eval_images: int = DEFAULT_EVAL_IMAGES, measure_init: bool = False,
+             device: str | None = None, seed: int = 0, layers: Sequence[int] | None = None,
+             teacher_weights: str | Path | None = None, progress: bool = True) -> dict:
+    """Distil every candidate op of ``pool`` from ``teacher`` and write ``out`` (see module doc).
+
+    ``images`` caps the training images (a quick run), ``layers`` restricts the layers trained,
+    ``ops_per_pass`` bounds how many ops per layer train in one pass (memory; default all),
+    ``measure_init`` also records each op's held-out MSE before training.  Returns the manifest.
+    """
+    if epochs < 1:
+        raise PretrainError(f"--epochs must be at least 1, got {epochs}")
+    if batch_size < 1:
+        raise PretrainError(f"--batch-size must be at least 1, got {batch_size}")
+    if ops_per_pass is not None and ops_per_pass < 1:
+        raise PretrainError(f"--ops-per-pass must be at least 1, got {ops_per_pass}")
+    from lana.checkpoints import op_checkpoint_path, save_checkpoint
+    from lana.ops import POOLS
+    from lana.pool import build_pool
+
+    if pool not in POOLS:
+        raise PretrainError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
+    info = setup(device)
+    try:
+        t = open_teacher(teacher, teacher_weights)
+        place_module(t.model, info.device).eval()
+        out = Path(out)
+        digest = teacher_digest(t)
+        manifest_path = out / MANIFEST
+        if manifest_path.is_file():
+            old = read_manifest(out)
+            if old.get("teacher") != t.name or old.get("pool") != pool or old.get(
+                    "teacher_digest") != digest:
+                raise PretrainError(
+                    f"{out} holds a pretraining of teacher {old.get('teacher')!r} (pool "
+                    f"{old.get('pool')!r}, weights {old.get('teacher_digest')}); pass a fresh --out")
+            if not resume:
+                raise PretrainError(f"{out} already holds a pretraining; pass --resume to "
+                                    f"continue it or a fresh --out to start over")
+        elif not resume and out.is_dir() and any(out.glob("layer*/*.pt")):
+            raise PretrainError(f"{out} already holds op checkpoints; pass --resume to continue "
+                                f"or a fresh --out to start over")
+        splits = load_splits(data, t, seed)
+        train = splits.train.subset(images, seed)
+        val = splits.val.plain().subset(eval_images, seed)
+        pools = build_pool(t, pool)
+        wanted = set(range(len(pools))) if layers is None else {int(i) for i in layers}
+        bad = sorted(i for i in wanted if not 0 <= i < len(pools))
+        if bad:
+            raise PretrainError(f"layer {bad[0]} does not exist; {t.name} has layers "
+                                f"0..{len(pools) - 1}")
+
+        # What each op needs: nothing (teacher, no weights), already done, or training.
+        status: dict[tuple[int, str], dict] = {}
+        todo: list[WorkItem] = []
+        for lp in pools:
+            i = lp.layer.index
+            for spec in lp.specs:
+                key = spec.key
+                if spec.family == "teacher":
+                    status[(i, key)] = {"status": "teacher"}
+                    continue
+                if not needs_training(spec):
+                    status[(i, key)] = {"status": "no-weights"}
+                    continue
+                path = op_checkpoint_path(out, i, key)
+                rel = str(path.relative_to(out))
+                if path.is_file():
+                    if not resume:
+                        raise PretrainError(f"{out} already holds op checkpoints; pass --resume "
+                                            f"to continue or a fresh --out to start over")
+                    _, meta = read_op_checkpoint(path, {"teacher": t.name, "pool": pool,
+                                                        "key": key, "layer": i,
+                                                        "teacher_digest": digest})
+                    status[(i, key)] = {"status": "trained", "file": rel,
+                                        **{k: meta[k] for k in ("val_mse", "rel_mse", "train_mse",
+                                                                "val_mse_init") if k in meta}}
+                    continue
+                status[(i, key)] = {"status": "pending", "file": rel}
+                if i in wanted:
+                    todo.append(WorkItem(i, spec))
+
+        base = {"schema": SCHEMA, "teacher": t.name, "pool": pool, "teacher_digest": digest,
+                "input_shape": list(t.input_shape), "data": splits.source, "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "images": len(train),
+                "ops_per_pass": ops_per_pass, "world_size": info.world_size}
+        if info.is_main:
+            _write_json(manifest_path, _manifest(base, pools, status, complete=False))
+        barrier(info)
+
+        mine = todo
+        if info.distributed:
+            mine = shard_balanced(todo, [_flops_cost(it.spec) for it in todo], info.rank,
+                                  info.world_size)
+        per_layer: dict[int, list[WorkItem]] = {}
+        for it in mine:
+            per_layer.setdefault(it.layer, []).append(it)
+        k = ops_per_pass or max((len(v) for v in per_layer.values()), default=1)
+        n_passes = max((math.ceil(len(v) / k) for v in per_layer.values()), default=0)
+        passes = [[it for v in per_layer.values() for it in v[p * k:(p + 1) * k]]
+                  for p in range(n_passes)]
+        steps = num_batches(len(train), batch_size, drop_last=True) * epochs * n_passes
+
+        start = time.perf_counter()
+        done: dict[tuple[int, str], dict] = {}
+        bar = _progress(progress and info.is_main)
+        with (bar if bar is not None else _Null()):
+            task = bar.add_task("distilling", total=steps) if bar is not None else None
+            for p, items in enumerate(passes):
+                label = f"pass {p + 1}/{n_passes} · {len(items)} ops · {_describe(items)}"
+
+                def tick(epoch_text: str, label=label) -> None:
+                    if bar is not None:
+                        bar.update(task, advance=1, description=f"{label} · {epoch_text}")
+
+                init = {}
+                if measure_init:
+                    fresh = {it: place_module(build_op(it.spec, it.layer), info.device) for it in items}
+                    init = evaluate_mse(t, fresh, val, 128, info.device)
+                    del fresh
+                modules, train_mse = train_ops(
+                    t, items, train, epochs=epochs, batch_size=batch_size, lr=lr,
+                    weight_decay=weight_decay, device=info.device, seed=seed, pass_index=p,
+                    step_callback=tick)
+                held_out = evaluate_mse(t, modules, val, 128, info.device)
+                for it in items:
+                    mse, power = held_out[it]
+                    meta = {"val_mse": mse, "rel_mse": mse / max(power, 1e-12),
+                            "train_mse": train_mse[it]}
+                    if it in init:
+                        meta["val_mse_init"] = init[it][0]
+                    path = op_checkpoint_path(out, it.layer, it.key)
+                    save_checkpoint(path, modules[it].state_dict(), teacher=t.name, pool=pool,
+                                    key=it.key, layer=it.layer, layer_name=t.layers[it.layer].name,
+                                    teacher_digest=digest, epochs=epochs, **meta)
+                    done[(it.layer, it.key)] = {"status": "trained", "rank": info.rank,
+                                                "file": str(path.relative_to(out)), **meta}
+                del modules
+        seconds = time.perf_counter() - start
+
+        for part in all_gather_objects(info, done):
+            status.update(part)
+        complete = all(s["status"] != "pending" for s in status.values())
+        manifest = _manifest({**base, "seconds": round(seconds, 2), "created": _now()}, pools,
+                             status, complete=complete)
+        if info.is_main:
+            _write_json(manifest_path, manifest)
+        barrier(info)
+        return manifest
+    finally:
+        teardown(info)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _manifest(base: dict, pools: list, status: dict, *, complete: bool) -> dict:
+    layers = []
+    for lp in pools:
+        i = lp.layer.index
+        layers.append({"index": i, "name": lp.layer.name,
+                       "ops": {spec.key: status[(i, spec.key)] for spec in lp.specs}})
+    return {**base, "complete": complete, "layers": layers}
+
+
+__all__ = ["DEFAULT_EPOCHS", "LayerTaps", "MANIFEST", "PretrainError", "SCHEMA", "Splits",
+           "WorkItem", "build_op", "evaluate_mse", "load_op", "load_splits", "needs_training",
+           "op_seed", "open_teacher", "pretrain", "read_manifest", "read_op_checkpoint",
+           "teacher_digest", "train_ops"]

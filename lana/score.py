@@ -1,0 +1,308 @@
+"""Score every pretrained op by the loss change it causes alone in the teacher (paper Eq. 3).
+
+``a_ij = L(teacher with op j in layer i) - L(teacher)``, the mean cross-entropy on a small
+labelled set (the ``calib`` split, 500 images by default).  The search minimises the sum of these
+scores under a latency budget.  The teacher's activations up to layer i are computed once per batch
+and reused: every layer module of the teacher is wrapped in a slot that, while op j of layer i is
+scored, replays the cached teacher outputs of layers before i, runs op j at i, and the teacher's
+own layers after it, so each score costs one op and the teacher suffix, not a whole network.
+(The teacher's stem still runs; it is cheap.)  ``method="naive"`` runs the full network with the
+op swapped in instead; both give the same numbers.
+
+Scores file (``lana.scores/1``, JSON)::
+
+    {"schema": "lana.scores/1",
+     "teacher": "demo",                 # teacher name
+     "pool": "small",                   # candidate pool
+     "teacher_loss": 0.031,             # mean cross-entropy of the teacher on the scoring set
+     "teacher_top1": 0.994,             # its top-1 there, in [0, 1]
+     "n_samples": 500,                  # images scored on
+     "teacher_digest": "...",           # the teacher weights the ops were distilled from
+     "created": "2025-01-01T00:00:00+00:00",
+     "layers": [{"index": 0, "name": "blocks.0.0",
+                 "scores": {op_key: loss change, ...},   # teacher op 0.0; lower is better
+                 "top1": {op_key: top-1 with that op alone, ...}}, ...]}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lana.distributed import iter_batches, place, place_module, resolve_device
+from lana.errors import LanaError
+
+if TYPE_CHECKING:
+    from lana.teachers import Teacher
+
+SCHEMA = "lana.scores/1"
+DEFAULT_SAMPLES = 500
+DEFAULT_BATCH_SIZE = 250
+
+
+class ScoreError(LanaError):
+    """A scores file or scoring run that cannot be used as asked."""
+
+
+class _State:
+    """What the slots of a scoring network do on the current forward pass."""
+
+    def __init__(self) -> None:
+        self.capture = True  # run the teacher, remembering every layer's output
+        self.current = -1  # the layer whose op is being scored
+        self.ops: list[nn.Module] = []  # the ops being scored in layer ``current``
+        self.outputs: dict[int, torch.Tensor] = {}
+
+
+class _Slot(nn.Module):
+    """Stands in for teacher layer ``index``: replay, scored ops, or the teacher layer itself."""
+
+    def __init__(self, index: int, layer: nn.Module, state: _State) -> None:
+        super().__init__()
+        self.index = index
+        self.layer = layer
+        self.state = state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st = self.state
+        if st.capture:
+            y = self.layer(x)
+            st.outputs[self.index] = y
+            return y
+        if self.index < st.current:
+            y = st.outputs[self.index]
+            # The input of the scored op is fresh memory, so an in-place op cannot spoil the cache.
+            return y.clone() if self.index == st.current - 1 else y
+        if self.index == st.current:
+            # Every scored op sees the same input; their outputs are stacked along the batch, so
+            # the teacher suffix runs once for all of them (eval-mode batch norm is per sample).
+            return torch.cat([op(x) for op in st.ops]) if len(st.ops) > 1 else st.ops[0](x)
+        return self.layer(x)
+
+
+class ReuseNetwork:
+    """The teacher wired for prefix reuse: ``capture(x)`` once, then ``with_ops(x, i, ops)``."""
+
+    def __init__(self, teacher: "Teacher") -> None:
+        self.state = _State()
+        self.net = teacher.replaced({i: _Slot(i, teacher.layer_module(i), self.state)
+                                     for i in range(len(teacher.layers))}).eval()
+
+    @torch.no_grad()
+    def capture(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the teacher on ``x``, caching every layer output; returns its logits."""
+        st = self.state
+        st.capture, st.current, st.ops, st.outputs = True, -1, [], {}
+        return self.net(x)
+
+    @torch.no_grad()
+    def with_ops(self, x: torch.Tensor, index: int, ops: Sequence[nn.Module]) -> torch.Tensor:
+        """Logits with each of ``ops`` alone in layer ``index``, stacked: (len(ops) * B, classes).
+
+        ``x`` must be the batch last captured.  A teacher whose code after layer ``index`` mixes
+        in earlier activations cannot take stacked outputs; pass one op at a time for it.
+        """
+        st = self.state
+        st.capture, st.current, st.ops = False, int(index), list(ops)
+        try:
+            return self.net(x)
+        finally:
+            st.ops = []
+
+    def with_op(self, x: torch.Tensor, index: int, op: nn.Module) -> torch.Tensor:
+        """Logits with ``op`` in layer ``index`` (``x`` must be the batch last captured)."""
+        return self.with_ops(x, index, [op])
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def score(pretrain: str | Path | None, teacher: "str | Teacher", pool: str = "small",
+          data: Any = None, out: str | Path | None = "run/scores.json", *,
+          samples: int = DEFAULT_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE,
+          device: str | None = None, seed: int = 0, method: str = "reuse",
+          layers: Sequence[int] | None = None, teacher_weights: str | Path | None = None,
+          progress: bool = True) -> dict:
+    """Score every op of ``pool`` distilled in ``pretrain``; write and return the scores file.
+
+    ``pretrain`` may be None only for a pool whose ops have nothing to distil (single-shot).
+    ``layers`` scores only those layer indices (an analysis; such a partial result has only those
+    layers and cannot be written as a scores file).
+    """
+    from lana.ops import POOLS
+    from lana.pool import build_pool
+    from lana.pretrain import load_op, load_splits, needs_training, open_teacher, read_manifest
+    from lana.pretrain import teacher_digest
+
+    if pool not in POOLS:
+        raise ScoreError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
+    if method not in ("reuse", "naive"):
+        raise ScoreError(f"unknown scoring method {method!r}; use 'reuse' or 'naive'")
+    if samples < 1:
+        raise ScoreError(f"--samples must be at least 1, got {samples}")
+    if layers is not None and out is not None:
+        raise ScoreError("a scoring of some layers only cannot be written as a scores file; "
+                         "score all layers or pass out=None")
+    dev = resolve_device(device)
+    t = open_teacher(teacher, teacher_weights)
+    place_module(t.model, dev).eval()
+    pools = build_pool(t, pool)
+    if pretrain is not None:
+        read_manifest(pretrain, t, pool)
+    elif any(needs_training(s) for lp in pools for s in lp.specs):
+        raise ScoreError(f"the {pool!r} pool has ops to distil; pass --pretrain DIR written by "
+                         f"lana pretrain --pool {pool}")
+    splits = load_splits(data, t, seed)
+    scoring = splits.calib.subset(samples, seed)
+    wanted = set(range(len(pools))) if layers is None else {int(i) for i in layers}
+    if not wanted <= set(range(len(pools))):
+        raise ScoreError(f"layer {min(wanted - set(range(len(pools))))} does not exist; "
+                         f"{t.name} has layers 0..{len(pools) - 1}")
+    ops: list[list[tuple[str, nn.Module | None]]] = []
+    for lp in pools:
+        i = lp.layer.index
+        if i not in wanted:
+            ops.append([])
+            continue
+        ops.append([(s.key, None if s.family == "teacher" else
+                     place_module(load_op(pretrain, t, i, s, pool), dev).eval()) for s in lp.specs])
+
+    n_ops = sum(1 for layer in ops for _, m in layer if m is not None)
+    n = len(scoring)
+    loss_sum = [[0.0] * len(layer) for layer in ops]
+    correct = [[0] * len(layer) for layer in ops]
+    t_loss, t_correct = 0.0, 0
+    reuse = ReuseNetwork(t) if method == "reuse" else None
+    stack_limit = _stack_limit(t, batch_size)
+    start = time.perf_counter()
+    bar = _progress(progress)
+    n_batches = math.ceil(n / batch_size)
+    ctx = bar if bar is not None else _Null()
+    with ctx, torch.inference_mode():
+        task = bar.add_task("scoring", total=n_batches * n_ops) if bar is not None else None
+        for x, y in iter_batches(scoring, batch_size):
+            x, y = place(x, dev), y.to(dev)
+            logits = reuse.capture(x) if reuse is not None else t.model(x)
+            t_loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            t_correct += int((logits.argmax(1) == y).sum())
+            for i, layer_ops in enumerate(ops):
+                scored = [(j, key, m) for j, (key, m) in enumerate(layer_ops) if m is not None]
+                per_chunk = max(1, stack_limit[i] // len(y)) if reuse is not None else 1
+                for c in range(0, len(scored), per_chunk):
+                    chunk = scored[c:c + per_chunk]
+                    if reuse is not None:
+                        stacked = reuse.with_ops(x, i, [m for _, _, m in chunk])
+                    else:
+                        stacked = t.replaced({i: chunk[0][2]})(x)
+                    for (j, key, _), out_logits in zip(chunk, stacked.split(len(y))):
+                        loss_sum[i][j] += float(F.cross_entropy(out_logits.float(), y,
+                                                                reduction="sum"))
+                        correct[i][j] += int((out_logits.argmax(1) == y).sum())
+                    if bar is not None:
+                        bar.update(task, advance=len(chunk), description=f"scoring layer {i} "
+                                   f"({t.layers[i].name}): {chunk[-1][1].split('|')[0]}")
+    teacher_loss = t_loss / n
+    rows = []
+    for i, layer_ops in enumerate(ops):
+        scores, top1 = {}, {}
+        for j, (key, module) in enumerate(layer_ops):
+            if module is None:
+                scores[key], top1[key] = 0.0, t_correct / n
+            else:
+                scores[key] = loss_sum[i][j] / n - teacher_loss
+                top1[key] = correct[i][j] / n
+        if i in wanted:
+            rows.append({"index": i, "name": t.layers[i].name, "scores": scores, "top1": top1})
+    result = {"schema": SCHEMA, "teacher": t.name, "pool": pool, "teacher_loss": teacher_loss,
+              "teacher_top1": t_correct / n, "n_samples": n, "teacher_digest": teacher_digest(t),
+              "method": method, "seconds": round(time.perf_counter() - start, 2),
+              "created": _now(), "layers": rows}
+    if out is not None:
+        from lana.lut import atomic_write_text
+
+        atomic_write_text(Path(out), json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _stack_limit(teacher: "Teacher", batch_size: int) -> list[int]:
+    """Per layer: how many images one stacked run of the layer's suffix may hold.
+
+    About 256 MB of the widest activation from that layer on (times 6 for the expanded inner
+    tensors of inverted-residual blocks), at least one batch: late, small layers stack many ops.
+    """
+    limits = []
+    for i in range(len(teacher.layers)):
+        widest = max(math.prod(l.out_shape) for l in teacher.layers[i:])
+        limits.append(max(batch_size, min(4096, (256 << 20) // (widest * 4 * 6))))
+    return limits
+
+
+def read_scores(path: str | Path, *, teacher: "str | Teacher | None" = None,
+                pool: str | None = None) -> dict:
+    """Read a scores file, checking its schema and (when given) its teacher, weights and pool."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScoreError(f"scores file {path} does not exist; write it with lana score --out "
+                         f"{path}") from None
+    except json.JSONDecodeError as exc:
+        raise ScoreError(f"scores file {path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
+                         f"re-run lana score") from None
+    if not isinstance(data, dict) or str(data.get("schema", "")).partition("/")[0] != "lana.scores":
+        raise ScoreError(f"{path} is not a scores file (schema {SCHEMA!r}); pass the file written "
+                         f"by lana score")
+    if data["schema"] != SCHEMA:
+        raise ScoreError(f"{path} has schema {data['schema']}, this lana reads {SCHEMA}; re-run "
+                         f"lana score")
+    if not isinstance(data.get("layers"), list) or not all(
+            isinstance(l, dict) and isinstance(l.get("scores"), dict) for l in data["layers"]):
+        raise ScoreError(f"{path} has no per-layer scores; re-run lana score")
+    if teacher is not None:
+        name = teacher if isinstance(teacher, str) else teacher.name
+        if data.get("teacher") != name:
+            raise ScoreError(f"{path} scores teacher {data.get('teacher')!r}, not {name!r}; score "
+                             f"this teacher with lana score --teacher {name}")
+        if not isinstance(teacher, str):
+            from lana.pretrain import teacher_digest
+
+            if data.get("teacher_digest") not in (None, teacher_digest(teacher)):
+                raise ScoreError(f"{path} scores other weights of teacher {name}; re-run lana "
+                                 f"score with these weights")
+            if len(data["layers"]) != len(teacher.layers):
+                raise ScoreError(f"{path} has {len(data['layers'])} layers, teacher {name} has "
+                                 f"{len(teacher.layers)}; re-run lana score")
+    if pool is not None and data.get("pool") != pool:
+        raise ScoreError(f"{path} scores the {data.get('pool')!r} pool, not {pool!r}; pass "
+                         f"--pool {data.get('pool')} or re-score")
+    return data
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+__all__ = ["DEFAULT_SAMPLES", "ReuseNetwork", "SCHEMA", "ScoreError", "read_scores", "score"]
