@@ -8,6 +8,29 @@ torch.set_num_threads(1)
 os.environ.setdefault("LANA_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".lana-cache"))
 
 
+# A one-thread cpu-ort preset with a tiny protocol: what end-to-end tests measure with.
+TINY_PRESET = """\
+description = "cpu-ort, one thread, tiny protocol (tests)"
+extends = "cpu-ort"
+threads = 1
+[protocol]
+warmup_s = 0.0
+warmup_iters = 1
+min_iters = 3
+min_time_s = 0.0
+max_iters = 50
+retries = 0
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_device(tmp_path_factory) -> str:
+    """Path of a preset TOML named ``cpu-ort-tiny``."""
+    path = tmp_path_factory.mktemp("presets") / "cpu-ort-tiny.toml"
+    path.write_text(TINY_PRESET)
+    return str(path)
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     try:

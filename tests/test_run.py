@@ -10,26 +10,7 @@ import pytest
 from lana.cli import main
 from lana.run import RunConfig, RunError, run, stage_digest
 
-TINY_PRESET = """\
-description = "cpu-ort, one thread, tiny protocol (tests)"
-extends = "cpu-ort"
-threads = 1
-[protocol]
-warmup_s = 0.0
-warmup_iters = 1
-min_iters = 3
-min_time_s = 0.0
-max_iters = 30
-retries = 0
-"""
 QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64)
-
-
-@pytest.fixture(scope="module")
-def tiny_device(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("presets") / "cpu-ort-tiny.toml"
-    path.write_text(TINY_PRESET)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

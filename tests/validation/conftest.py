@@ -1,4 +1,4 @@
-"""Shared fixtures: a one-thread device preset with a tiny protocol and a demo small-pool LUT."""
+"""Shared fixtures: a demo small-pool LUT profiled with the tiny preset of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -6,27 +6,6 @@ import shutil
 import warnings
 
 import pytest
-
-TINY_PRESET = """\
-description = "cpu-ort, one thread, tiny protocol (tests)"
-extends = "cpu-ort"
-threads = 1
-[protocol]
-warmup_s = 0.0
-warmup_iters = 1
-min_iters = 3
-min_time_s = 0.0
-max_iters = 50
-retries = 0
-"""
-
-
-@pytest.fixture(scope="session")
-def tiny_device(tmp_path_factory) -> str:
-    """Path of a preset TOML named ``cpu-ort-tiny``: what the tests measure with."""
-    path = tmp_path_factory.mktemp("presets") / "cpu-ort-tiny.toml"
-    path.write_text(TINY_PRESET)
-    return str(path)
 
 
 @pytest.fixture(scope="session")
