@@ -30,15 +30,16 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 if __package__ in (None, ""):  # run as a script from a checkout: make `lana` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from training_common import (cost_table, random_architecture, score_matrix, solve_ilp,  # noqa: E402
-                             write_search)
+                             timed, write_search)
 
 PAPER_TAU = 0.966
 
@@ -69,19 +70,14 @@ class Context:
         self.eval_split = self.splits.train.plain().subset(args.images, 0)
         self.pools = {p: build_pool(self.teacher, p) for p in ("small", "single-shot")}
         self.times: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.torch = torch
 
-    def stage(self, name: str):
-        ctx = self
-
-        class _T:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                ctx.times[name] = round(time.perf_counter() - self.start, 1)
-                ctx.log(f"  {name}: {ctx.times[name]:.1f} s")
-        return _T()
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        with timed(self.times, name, self.cpu):
+            yield
+        self.log(f"  {name}: {self.times[name]:.1f} s ({self.cpu[name]:.1f} s CPU)")
 
     def measure(self, ops: list[str], pool: str) -> tuple[float, float]:
         from lana.assemble import Architecture
@@ -107,7 +103,6 @@ class Context:
 
 def run(args: argparse.Namespace, log) -> dict[str, Any]:
     from lana.pretrain import pretrain
-    from lana.score import score
 
     c = Context(args, log)
     c.torch.set_num_threads(args.threads)
@@ -119,10 +114,8 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
             pretrain(c.teacher, "small", None, c.run / "pretrain", progress=False,
                      resume=(c.run / "pretrain" / "pretrain.json").exists())
         with c.stage("score"):
-            scores = {"small": score(c.run / "pretrain", c.teacher, "small", None,
-                                     c.run / "scores-small.json", progress=False),
-                      "single-shot": score(None, c.teacher, "single-shot", None,
-                                           c.run / "scores-single-shot.json", progress=False)}
+            scores = {"small": _scores(c, "small", c.run / "pretrain"),
+                      "single-shot": _scores(c, "single-shot", None)}
         costs = {p: cost_table(c.teacher, c.pools[p], args.lut) for p in c.pools}
         teacher_cost = costs["small"].teacher_total()
         out["cost_source"], out["cost_unit"] = costs["small"].source, costs["small"].unit
@@ -147,9 +140,10 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
         tau = kendall_tau([p["objective"] for p in points], [p["loss"] for p in points])
         out["kendall"] = {"tau": tau, "paper_tau": PAPER_TAU, "architectures": len(points),
                           "budgets": args.n_arch, "points": points}
-        if args.plot:
-            _plot(points, tau, Path(args.plot))
-            out["kendall"]["plot"] = args.plot
+        plot = c.run / "objective_vs_loss.png" if args.plot is None else args.plot
+        if plot:
+            _plot(points, tau, Path(plot))
+            out["kendall"]["plot"] = str(plot)
 
         # 2. ILP vs random at the budget.
         log(f"2. ILP vs best of {args.random} random architectures at {args.budget}x")
@@ -212,8 +206,21 @@ def run(args: argparse.Namespace, log) -> dict[str, Any]:
             "none": {"loss_before": none_loss, "val_top1_after": none_top1},
             "finetune_epochs": args.ft_epochs}
     out["teacher_top1"] = _teacher_top1(c)
-    out["seconds"] = c.times
+    out["seconds"], out["cpu_seconds"] = c.times, c.cpu
     return out
+
+
+def _scores(c: Context, pool: str, pretrain: Path | None) -> dict:
+    """The scores of ``pool``: reused from the run directory when there (``scores.json`` is what
+    benchmarks/training_pipeline.py writes), else computed."""
+    from lana.score import ScoreError, read_scores, score
+
+    for name in (f"scores-{pool}.json", "scores.json"):
+        try:
+            return read_scores(c.run / name, teacher=c.teacher, pool=pool)
+        except ScoreError:
+            continue
+    return score(pretrain, c.teacher, pool, None, c.run / f"scores-{pool}.json", progress=False)
 
 
 def _loss_random_init(c: Context, ops: list[str]) -> float:
@@ -240,9 +247,11 @@ def _plot(points: list[dict], tau: float, path: Path) -> None:
     sc = ax.scatter([p["objective"] for p in points], [p["loss"] for p in points],
                     c=[p["cost_ratio"] for p in points], cmap="viridis", s=22)
     fig.colorbar(sc, ax=ax, label="predicted cost / teacher")
-    ax.set_xlabel("ILP objective (sum of op scores)")
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("ILP objective (sum of op scores, symlog)")
     ax.set_ylabel("measured training loss (pretrained ops)")
-    ax.set_title(f"demo teacher, small pool: Kendall tau = {tau:.3f} (paper {PAPER_TAU})")
+    ax.set_title(f"demo teacher, small pool\nKendall tau = {tau:.3f} (paper {PAPER_TAU})",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,9 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single-shot-budget", type=float, default=0.7,
                    help="budget ratio of 3. (0.7, raised to what single-shot can reach)")
     p.add_argument("--ft-epochs", type=int, default=3, help="short fine-tunes' epochs (3)")
-    p.add_argument("--images", type=int, default=500, help="training images per loss (500)")
+    p.add_argument("--images", type=int, default=300, help="training images per loss (300)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
-    p.add_argument("--plot", default="objective_vs_loss.png", help="PNG path ('' for none)")
+    p.add_argument("--plot", help="PNG of objective vs loss (default: RUN/objective_vs_loss.png;"
+                   " '' for none)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     shipped = Path(__file__).resolve().parent.parent / "luts" / "cpu-ort" / "demo.json"
@@ -299,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     a = result["pretraining_ablation"]
     print(f"4. same architecture, {a['finetune_epochs']}-epoch fine-tune: layer-wise pretraining "
           f"{100 * a['layerwise']['val_top1_after']:.2f}% vs none "
-          f"{100 * a['none']['val_top1_after']:.2f}% (loss before {a['layerwise']['loss_before']:.3f}"
-          f" vs {a['none']['loss_before']:.3f})")
+          f"{100 * a['none']['val_top1_after']:.2f}% (loss before "
+          f"{a['layerwise']['loss_before']:.3f} vs {a['none']['loss_before']:.3f})")
     print(f"teacher val top-1 {100 * result['teacher_top1']:.2f}%; costs from "
           f"{result['cost_source']}; run {result['run']}; {result['total_s']:.0f} s in all "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in result['seconds'].items())})")

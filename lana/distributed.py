@@ -56,8 +56,8 @@ def resolve_device(device: str | torch.device | None = None, local_rank: int = 0
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DistributedError(f"device {device!r} was asked for but no CUDA device is visible; "
-                                   f"pass --device cpu")
+            raise DistributedError(f"device {device!r} was asked for but no CUDA device is "
+                                   f"visible; pass --device cpu")
         if name == "cuda":
             return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         return torch.device(name)
@@ -205,7 +205,8 @@ class Split:
     def __len__(self) -> int:
         return self.size
 
-    def take(self, indices: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, indices: torch.Tensor,
+             augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels at ``indices`` (augmented where the split asks for it)."""
         if self.images is not None:
             x, y = self.images[indices], self.labels[indices]
@@ -228,7 +229,8 @@ class Split:
                      self.size, 0)
 
     def subset(self, n: int | None, seed: int = 0) -> "Split":
-        """``n`` items of a fixed shuffle, in their original order (all when ``n`` is None or more)."""
+        """``n`` items of a fixed shuffle, in their original order (all of them when ``n`` is
+        None or larger)."""
         if n is None or n >= self.size:
             return self
         g = torch.Generator().manual_seed(seed)
@@ -303,6 +305,7 @@ def iter_batches(split: Split, batch_size: int, *, shuffle: bool = False, seed: 
     The order is a permutation seeded by ``seed`` and ``epoch`` (identical on every rank); rank r
     takes every world-th batch-sized chunk, and all ranks get the same number of batches (the tail
     that would leave a rank idle is dropped), so DDP's collective calls stay in step.
+    ``augment`` applies the split's random shifts (training batches only).
     """
     n = len(split)
     if shuffle:

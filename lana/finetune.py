@@ -24,6 +24,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,6 +147,13 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
         pool = a.pool or None
         if pretrain is not None:
             pool = read_manifest(pretrain, t, pool).get("pool")
+        else:
+            from lana.pretrain import needs_training
+
+            fresh = sum(1 for s in a.specs if needs_training(s))
+            if fresh:
+                warnings.warn(f"no --pretrain directory: {fresh} replaced layer(s) start from "
+                              f"random weights instead of their distilled ones", stacklevel=2)
         if not a.layer_names:
             a = a.replace(layer_names=tuple(l.name for l in t.layers))
         out = Path(out)

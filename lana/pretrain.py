@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -80,13 +81,20 @@ def open_teacher(teacher: "str | Teacher", weights: str | Path | None = None) ->
     t = create_teacher(str(teacher), weights=weights)
     if not t.pretrained:
         raise PretrainError(f"teacher {teacher} has no trained weights; pass a weights file "
-                            f"(weights=... / --teacher-weights) or train it with lana train-teacher")
+                            f"(weights=... / --teacher-weights) or train it with "
+                            f"lana train-teacher")
     return t
 
 
+_DIGESTS: "weakref.WeakKeyDictionary[Teacher, str]" = weakref.WeakKeyDictionary()
+
+
 def teacher_digest(teacher: "Teacher") -> str:
-    """SHA-256 (16 hex) of the teacher's parameters and buffers: other weights, other digest."""
-    cached = getattr(teacher, "_lana_digest", None)
+    """SHA-256 (16 hex) of the teacher's parameters and buffers: other weights, other digest.
+
+    Computed once per :class:`~lana.teachers.Teacher` (its weights are fixed once loaded).
+    """
+    cached = _DIGESTS.get(teacher)
     if cached is not None:
         return cached
     h = hashlib.sha256()
@@ -96,10 +104,7 @@ def teacher_digest(teacher: "Teacher") -> str:
         if t.numel():
             h.update(t.view(torch.uint8).numpy().tobytes())
     digest = h.hexdigest()[:16]
-    try:
-        teacher._lana_digest = digest  # the weights of a Teacher do not change after loading
-    except AttributeError:
-        pass
+    _DIGESTS[teacher] = digest
     return digest
 
 
@@ -387,7 +392,8 @@ def _progress(enabled: bool):
 
 def train_ops(teacher: "Teacher", items: Sequence[WorkItem], train: Split, *, epochs: int,
               batch_size: int, lr: float, weight_decay: float, device: torch.device,
-              seed: int = 0, pass_index: int = 0, step_callback: Callable[[str], None] | None = None,
+              seed: int = 0, pass_index: int = 0,
+              step_callback: Callable[[str], None] | None = None,
               ) -> tuple[dict[WorkItem, nn.Module], dict[WorkItem, float]]:
     """Distil ``items`` together for ``epochs`` epochs of ``train`` (one pass).
 
@@ -502,7 +508,8 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
                     "teacher_digest") != digest:
                 raise PretrainError(
                     f"{out} holds a pretraining of teacher {old.get('teacher')!r} (pool "
-                    f"{old.get('pool')!r}, weights {old.get('teacher_digest')}); pass a fresh --out")
+                    f"{old.get('pool')!r}, weights {old.get('teacher_digest')}); pass a fresh "
+                    f"--out")
             if not resume:
                 raise PretrainError(f"{out} already holds a pretraining; pass --resume to "
                                     f"continue it or a fresh --out to start over")
@@ -553,6 +560,7 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
                 "input_shape": list(t.input_shape), "data": splits.source, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "images": len(train),
                 "ops_per_pass": ops_per_pass, "world_size": info.world_size}
+        barrier(info)  # every rank has checked the directory before rank 0 writes to it
         if info.is_main:
             _write_json(manifest_path, _manifest(base, pools, status, complete=False))
         barrier(info)
@@ -580,11 +588,12 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
 
                 def tick(epoch_text: str, label=label) -> None:
                     if bar is not None:
-                        bar.update(task, advance=1, description=f"{label} · {epoch_text}")
+                        bar.update(task, advance=1, description=f"{epoch_text} · {label}")
 
                 init = {}
                 if measure_init:
-                    fresh = {it: place_module(build_op(it.spec, it.layer), info.device) for it in items}
+                    fresh = {it: place_module(build_op(it.spec, it.layer), info.device)
+                             for it in items}
                     init = evaluate_mse(t, fresh, val, 128, info.device)
                     del fresh
                 modules, train_mse = train_ops(

@@ -1,7 +1,7 @@
 """Score every pretrained op by the loss change it causes alone in the teacher (paper Eq. 3).
 
 ``a_ij = L(teacher with op j in layer i) - L(teacher)``, the mean cross-entropy on a small
-labelled set (the ``calib`` split, 500 images by default).  The search minimises the sum of these
+labelled set (the ``calib`` split, 256 images by default).  The search minimises the sum of these
 scores under a latency budget.  The teacher's activations up to layer i are computed once per batch
 and reused: every layer module of the teacher is wrapped in a slot that, while op j of layer i is
 scored, replays the cached teacher outputs of layers before i, runs op j at i, and the teacher's
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from lana.teachers import Teacher
 
 SCHEMA = "lana.scores/1"
-DEFAULT_SAMPLES = 500
+DEFAULT_SAMPLES = 256
 DEFAULT_BATCH_SIZE = 250
 
 

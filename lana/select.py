@@ -276,6 +276,13 @@ def select(search: str | Path, pretrain: str | Path | None, teacher: "str | Teac
     t = open_teacher(teacher if teacher is not None and not isinstance(teacher, str) else name,
                      teacher_weights)
     pool = cands[0].arch.pool or None
+    if pretrain is None:
+        from lana.pretrain import needs_training
+        from lana.spec import parse_key
+
+        if any(needs_training(parse_key(k)) for c in cands for k in set(c.arch.ops)):
+            raise SelectError(f"the architectures in {search} use distilled ops; pass --pretrain "
+                              f"DIR written by lana pretrain")
     manifest = read_manifest(pretrain, t, pool) if pretrain is not None else {}
     pool = pool or manifest.get("pool") or ""
     dev = resolve_device(device)
@@ -323,8 +330,8 @@ def print_ranking(result: Mapping[str, Any]) -> None:
 
     sel = result["selection"]
     table = Table(title=f"{len(sel['ranking'])} architectures on {sel['images']} training images "
-                  f"(teacher loss {sel['teacher_loss']:.4f}, top-1 {100 * sel['teacher_top1']:.2f}%)",
-                  title_justify="left")
+                  f"(teacher loss {sel['teacher_loss']:.4f}, top-1 "
+                  f"{100 * sel['teacher_top1']:.2f}%)", title_justify="left")
     for col in ("rank", "solution", "loss", "top-1 %", "objective", "predicted ms", "ops changed"):
         table.add_column(col, justify="right")
     for rank, r in enumerate(sel["ranking"], 1):
@@ -348,5 +355,6 @@ def _track(items: list, enabled: bool):
             bar.advance(task)
 
 
-__all__ = ["Candidate", "DEFAULT_IMAGES", "SelectError", "SelectWarning", "batch_stats_mode", "build_candidate",
+__all__ = ["Candidate", "DEFAULT_IMAGES", "SelectError", "SelectWarning", "batch_stats_mode",
+           "build_candidate",
            "measure_loss", "print_ranking", "read_architectures", "select"]

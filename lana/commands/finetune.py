@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"per process (default: {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW peak (default: {DEFAULT_LR})")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help=f"AdamW peak (default: {DEFAULT_LR})")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help=f"distillation temperature (default: {DEFAULT_TEMPERATURE})")
     p.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT,
@@ -50,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, kd_weight=args.kd_weight, images=args.images,
         device=args.device, seed=args.seed, teacher_weights=args.teacher_weights,
         progress=not args.no_progress)
-    print(f"val top-1 {100 * m['final_top1']:.2f}% (teacher {100 * m['teacher_top1']:.2f}%, "
-          f"{100 * m['top1_drop']:+.2f} points lost) after {m['epochs']} epochs, "
+    drop = m["top1_drop"]
+    side = "below" if drop >= 0 else "above"
+    print(f"val top-1 {100 * m['final_top1']:.2f}% ({100 * abs(drop):.2f} points {side} the "
+          f"teacher's {100 * m['teacher_top1']:.2f}%) after {m['epochs']} epochs, "
           f"{m['seconds']:.0f} s; wrote {args.out}/student.pt and {args.out}/metrics.json")
     return 0

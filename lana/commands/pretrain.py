@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"(default: {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"AdamW peak (default: {DEFAULT_LR})")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help=f"AdamW peak (default: {DEFAULT_LR})")
     p.add_argument("--images", type=int, help="use at most N training images (quick runs)")
     p.add_argument("--layer", type=int, action="append", help="train only these layer indices")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")

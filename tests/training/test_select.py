@@ -131,3 +131,10 @@ def test_select_refuses_another_teacher(teacher, tmp_path):
     path.write_text(json.dumps(_search_doc(teacher, [_ops(teacher, {})])))
     with pytest.raises(SelectError, match="--teacher demo"):
         select(path, None, "efficientnet_b0", None, None, progress=False)
+
+
+def test_select_needs_the_pretrained_ops(teacher, same_shape, tmp_path):
+    path = tmp_path / "search.json"
+    path.write_text(json.dumps(_search_doc(teacher, [_ops(teacher, {same_shape[0]: "efn"})])))
+    with pytest.raises(SelectError, match="--pretrain"):
+        select(path, None, "demo", None, None, progress=False)
