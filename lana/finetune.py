@@ -32,6 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lana.defaults import (
+    FINETUNE_EPOCHS as DEFAULT_EPOCHS,
+    FINETUNE_BATCH_SIZE as DEFAULT_BATCH_SIZE,
+    FINETUNE_LR as DEFAULT_LR,
+    FINETUNE_TEMPERATURE as DEFAULT_TEMPERATURE,
+    FINETUNE_KD_WEIGHT as DEFAULT_KD_WEIGHT,
+)
 from lana.distributed import (Split, autocast, barrier, grad_scaler, iter_batches, num_batches,
                               place, place_module, setup, teardown)
 from lana.errors import LanaError
@@ -40,12 +47,7 @@ if TYPE_CHECKING:
     from lana.assemble import Architecture
     from lana.teachers import Teacher
 
-DEFAULT_EPOCHS = 20
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_LR = 1e-3
 DEFAULT_WEIGHT_DECAY = 0.01
-DEFAULT_TEMPERATURE = 4.0
-DEFAULT_KD_WEIGHT = 0.7
 CHECKPOINT = "checkpoint.pt"
 
 

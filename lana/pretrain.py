@@ -46,6 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lana.defaults import (
+    PRETRAIN_EPOCHS as DEFAULT_EPOCHS,
+    PRETRAIN_BATCH_SIZE as DEFAULT_BATCH_SIZE,
+    PRETRAIN_LR as DEFAULT_LR,
+)
 from lana.distributed import (Split, all_gather_objects, as_split, autocast, barrier,
                               grad_scaler, iter_batches, num_batches, place, place_module, setup,
                               shard_balanced, teardown)
@@ -57,9 +62,6 @@ if TYPE_CHECKING:
 
 SCHEMA = "lana.pretrain/1"
 MANIFEST = "pretrain.json"
-DEFAULT_EPOCHS = 1
-DEFAULT_BATCH_SIZE = 16
-DEFAULT_LR = 1e-2
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_EVAL_IMAGES = 256
 

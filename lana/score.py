@@ -37,6 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lana.defaults import (
+    SCORE_SAMPLES as DEFAULT_SAMPLES,
+    SCORE_BATCH_SIZE as DEFAULT_BATCH_SIZE,
+)
 from lana.distributed import iter_batches, place, place_module, resolve_device
 from lana.errors import LanaError
 
@@ -44,8 +48,6 @@ if TYPE_CHECKING:
     from lana.teachers import Teacher
 
 SCHEMA = "lana.scores/1"
-DEFAULT_SAMPLES = 256
-DEFAULT_BATCH_SIZE = 250
 
 
 class ScoreError(LanaError):

@@ -31,15 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lana.defaults import (
+    SELECT_IMAGES as DEFAULT_IMAGES,
+    SELECT_BATCH_SIZE as DEFAULT_BATCH_SIZE,
+)
 from lana.distributed import Split, iter_batches, place, place_module, resolve_device
 from lana.errors import LanaError
 
 if TYPE_CHECKING:
     from lana.assemble import Architecture
     from lana.teachers import Teacher
-
-DEFAULT_IMAGES = 6000
-DEFAULT_BATCH_SIZE = 128
 
 
 class SelectError(LanaError):

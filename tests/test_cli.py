@@ -1,0 +1,122 @@
+"""The command line: help and argument errors start without the heavy libraries.
+
+``lana --help``, ``lana <cmd> --help`` and a mistyped argument must answer at interpreter speed, so
+building the parser may not import torch, ONNX, ONNX Runtime, HiGHS or matplotlib.  Command modules
+repeat the defaults of the torch-based stage modules for that reason; these tests keep the two
+equal and check what the parser actually hands to the stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lana import cli
+from lana.errors import LanaError
+
+HEAVY = ("torch", "onnx", "onnxruntime", "highspy", "matplotlib", "numpy", "sklearn")
+
+# Runs in a fresh interpreter: build the parser, print every help text and one argument error,
+# then report the heavy top-level packages that got imported along the way.
+PROBE = """
+import contextlib, io, json, sys
+import lana.cli
+
+parser = lana.cli.build_parser()
+sub = next(a for a in parser._actions if a.dest == "command")
+argvs = [["--help"], ["finetune"], ["nosuch"]]
+argvs += [[name, "--help"] for name in sub.choices]
+argvs += [["lut", action, "--help"] for action in ("show", "diff", "merge", "calibrate")]
+codes = {}
+for argv in argvs:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            lana.cli.main(argv)
+        except SystemExit as exc:
+            codes[" ".join(argv)] = [exc.code, len(out.getvalue()), err.getvalue()]
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.argv[1])))
+print(json.dumps({"codes": codes, "heavy": heavy, "commands": sorted(sub.choices)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe() -> dict:
+    """What the fresh interpreter saw (one subprocess for the whole module)."""
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY)], capture_output=True,
+                          text=True, timeout=120, check=True)
+    return json.loads(done.stdout)
+
+
+def test_help_and_argument_errors_import_no_heavy_library(probe):
+    assert probe["heavy"] == [], f"building the parser or printing help imported {probe['heavy']}"
+
+
+def test_every_help_prints_and_exits_zero(probe):
+    helps = {argv: c for argv, c in probe["codes"].items() if argv.endswith("--help")}
+    assert len(helps) == 1 + len(probe["commands"]) + 4
+    for argv, (code, out_len, err) in helps.items():
+        assert code == 0, f"lana {argv}: exit {code}: {err}"
+        assert out_len > 100, f"lana {argv} printed almost nothing"
+
+
+def test_argument_errors_exit_two_with_usage(probe):
+    for argv, needle in (("finetune", "the following arguments are required: --arch, --out"),
+                         ("nosuch", "invalid choice: 'nosuch'")):
+        code, _, err = probe["codes"][argv]
+        assert code == 2
+        assert err.startswith("usage: lana") and needle in err
+
+
+def test_all_commands_registered(probe):
+    expected = {name.replace("_", "-") for name in cli.COMMANDS}
+    assert set(probe["commands"]) == expected
+
+
+# (command, stage module, {CLI option dest: name of the stage module's default}, required argv)
+MIRRORED = [
+    ("pretrain", "lana.pretrain",
+     {"epochs": "DEFAULT_EPOCHS", "batch_size": "DEFAULT_BATCH_SIZE", "lr": "DEFAULT_LR"},
+     ["--teacher", "demo", "--out", "o"]),
+    ("score", "lana.score",
+     {"samples": "DEFAULT_SAMPLES", "batch_size": "DEFAULT_BATCH_SIZE"},
+     ["--teacher", "demo", "--out", "o"]),
+    ("select", "lana.select",
+     {"images": "DEFAULT_IMAGES", "batch_size": "DEFAULT_BATCH_SIZE"},
+     ["--search", "s.json", "--out", "o"]),
+    ("finetune", "lana.finetune",
+     {"epochs": "DEFAULT_EPOCHS", "batch_size": "DEFAULT_BATCH_SIZE", "lr": "DEFAULT_LR",
+      "temperature": "DEFAULT_TEMPERATURE", "kd_weight": "DEFAULT_KD_WEIGHT"},
+     ["--arch", "a.json", "--out", "o"]),
+    ("train-teacher", "lana.train_teacher",
+     {"epochs": "DEFAULT_EPOCHS", "batch_size": "DEFAULT_BATCH_SIZE", "lr": "DEFAULT_LR",
+      "threads": "DEFAULT_THREADS"},
+     []),
+]
+
+
+@pytest.mark.parametrize("command,stage,options,required", MIRRORED, ids=[m[0] for m in MIRRORED])
+def test_cli_defaults_are_the_stage_defaults(command, stage, options, required):
+    stage_module = importlib.import_module(stage)
+    command_module = importlib.import_module(f"lana.commands.{command.replace('-', '_')}")
+    args = cli.build_parser().parse_args([command, *required])
+    for dest, name in options.items():
+        expected = getattr(stage_module, name)
+        assert getattr(args, dest) == expected, f"lana {command} --{dest}: {stage}.{name}"
+        if hasattr(command_module, name):  # the copy kept for a torch-free parser
+            assert getattr(command_module, name) == expected, f"{command_module.__name__}.{name}"
+
+
+def test_lana_error_prints_one_line_and_exits_two(monkeypatch, capsys):
+    def fail(args: argparse.Namespace) -> int:
+        raise LanaError("no presets found; set LANA_PRESET_PATH to a directory of TOML files")
+
+    monkeypatch.setattr(importlib.import_module("lana.commands.devices"), "run", fail)
+    assert cli.main(["devices"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: no presets found; set LANA_PRESET_PATH to a directory of TOML files\n"
