@@ -13,10 +13,50 @@ import argparse
 
 from lana.cli import command_parser
 
-from lana.defaults import (
-    FINETUNE_EPOCHS as DEFAULT_EPOCHS,
-    FINETUNE_BATCH_SIZE as DEFAULT_BATCH_SIZE,
-    FINETUNE_LR as DEFAULT_LR,
-    FINETUNE_TEMPERATURE as DEFAULT_TEMPERATURE,
-    FINETUNE_KD_WEIGHT as DEFAULT_KD_WEIGHT,
-)
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from lana.commands.pretrain import add_common
+    from lana.defaults import FINETUNE_BATCH_SIZE as DEFAULT_BATCH_SIZE
+    from lana.defaults import FINETUNE_EPOCHS as DEFAULT_EPOCHS
+    from lana.defaults import FINETUNE_KD_WEIGHT as DEFAULT_KD_WEIGHT
+    from lana.defaults import FINETUNE_LR as DEFAULT_LR
+    from lana.defaults import FINETUNE_TEMPERATURE as DEFAULT_TEMPERATURE
+
+    p = command_parser(sub, "finetune", __doc__)
+    p.add_argument("--arch", required=True, help="architecture file (lana select's output)")
+    p.add_argument("--teacher", help="teacher name (default: the one the architecture names)")
+    p.add_argument("--pretrain", help="lana pretrain output directory (default: none, the "
+                   "replaced ops start from random weights)")
+    p.add_argument("--out", required=True, help="output directory (e.g. run/finetune)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"(default: {DEFAULT_EPOCHS})")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"per process (default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help=f"AdamW peak (default: {DEFAULT_LR})")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"distillation temperature (default: {DEFAULT_TEMPERATURE})")
+    p.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT,
+                   help=f"weight of the distillation term in [0, 1] (default: {DEFAULT_KD_WEIGHT})")
+    p.add_argument("--images", type=int, help="use at most N training images (quick runs)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lana.commands.pretrain import call_reporting_warnings
+    from lana.finetune import finetune
+
+    m = call_reporting_warnings(
+        finetune, args.arch, args.teacher, args.pretrain, args.data, args.out,
+        epochs=args.epochs, resume=args.resume, batch_size=args.batch_size, lr=args.lr,
+        temperature=args.temperature, kd_weight=args.kd_weight, images=args.images,
+        device=args.device, seed=args.seed, teacher_weights=args.teacher_weights,
+        progress=not args.no_progress)
+    drop = m["top1_drop"]
+    side = "below" if drop >= 0 else "above"
+    print(f"val top-1 {100 * m['final_top1']:.2f}% ({100 * abs(drop):.2f} points {side} the "
+          f"teacher's {100 * m['teacher_top1']:.2f}%) after {m['epochs']} epochs, "
+          f"{m['seconds']:.0f} s; wrote {args.out}/student.pt and {args.out}/metrics.json")
+    return 0

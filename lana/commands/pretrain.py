@@ -16,8 +16,80 @@ import warnings
 
 from lana.cli import command_parser
 
-from lana.defaults import (
-    PRETRAIN_EPOCHS as DEFAULT_EPOCHS,
-    PRETRAIN_BATCH_SIZE as DEFAULT_BATCH_SIZE,
-    PRETRAIN_LR as DEFAULT_LR,
-)
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options every training stage shares."""
+    p.add_argument("--data", help="data directory (train/<class>/, val/<class>/); default: the "
+                   "embedded digits")
+    p.add_argument("--teacher-weights", help="state_dict file of the teacher (default: the weights "
+                   "shipped with it)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--seed", type=int, default=0, help="data order and splits (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def call_reporting_warnings(fn, *args, **kwargs):
+    """Call ``fn``; print the warnings it raised one line each (``warning: ...``), once each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seen = set()
+            for w in caught:
+                if str(w.message) not in seen:
+                    seen.add(str(w.message))
+                    print(f"warning: {w.message}", file=sys.stderr)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from lana.defaults import PRETRAIN_BATCH_SIZE as DEFAULT_BATCH_SIZE
+    from lana.defaults import PRETRAIN_EPOCHS as DEFAULT_EPOCHS
+    from lana.defaults import PRETRAIN_LR as DEFAULT_LR
+
+    p = command_parser(sub, "pretrain", __doc__)
+    p.add_argument("--teacher", required=True, help="registry name or path/to/file.py:factory")
+    p.add_argument("--pool", default="small", help="full, small or single-shot (default: small)")
+    p.add_argument("--out", required=True, help="output directory (e.g. run/pretrain)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"epochs per pass (default: {DEFAULT_EPOCHS})")
+    p.add_argument("--ops-per-pass", type=int, help="ops per layer trained together (default: all)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"(default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help=f"AdamW peak (default: {DEFAULT_LR})")
+    p.add_argument("--images", type=int, help="use at most N training images (quick runs)")
+    p.add_argument("--layer", type=int, action="append", help="train only these layer indices")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lana.pretrain import pretrain
+
+    manifest = call_reporting_warnings(
+        pretrain, args.teacher, args.pool, args.data, args.out, epochs=args.epochs,
+        ops_per_pass=args.ops_per_pass, resume=args.resume, batch_size=args.batch_size,
+        lr=args.lr, images=args.images, layers=args.layer, device=args.device, seed=args.seed,
+        teacher_weights=args.teacher_weights, progress=not args.no_progress)
+    if args.json:
+        json.dump(manifest, sys.stdout, indent=1)
+        print()
+        return 0
+    ops = [o for layer in manifest["layers"] for o in layer["ops"].values()]
+    trained = [o for o in ops if o["status"] == "trained"]
+    pending = sum(1 for o in ops if o["status"] == "pending")
+    print(f"{len(trained)} ops distilled, {len(ops) - len(trained) - pending} need no training, "
+          f"{pending} pending; {args.out}/pretrain.json"
+          + (f" ({manifest.get('seconds', 0):.1f} s)" if "seconds" in manifest else ""))
+    if trained:
+        rel = sorted(o.get("rel_mse", float("nan")) for o in trained)
+        print(f"held-out relative MSE: best {rel[0]:.4f}, median {rel[len(rel) // 2]:.4f}, "
+              f"worst {rel[-1]:.4f}")
+    asked = set(args.layer) if args.layer else None
+    missing = [o for layer in manifest["layers"] if asked is None or layer["index"] in asked
+               for o in layer["ops"].values() if o["status"] == "pending"]
+    return 1 if missing else 0

@@ -13,7 +13,35 @@ import argparse
 
 from lana.cli import command_parser
 
-from lana.defaults import (
-    SCORE_SAMPLES as DEFAULT_SAMPLES,
-    SCORE_BATCH_SIZE as DEFAULT_BATCH_SIZE,
-)
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from lana.commands.pretrain import add_common
+    from lana.defaults import SCORE_BATCH_SIZE, SCORE_SAMPLES as DEFAULT_SAMPLES
+
+    p = command_parser(sub, "score", __doc__)
+    p.add_argument("--pretrain", help="lana pretrain output directory (not needed for the "
+                   "single-shot pool)")
+    p.add_argument("--teacher", required=True, help="registry name or path/to/file.py:factory")
+    p.add_argument("--pool", default="small", help="full, small or single-shot (default: small)")
+    p.add_argument("--out", required=True, help="scores file to write (e.g. run/scores.json)")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"images scored on (default: {DEFAULT_SAMPLES})")
+    p.add_argument("--batch-size", type=int, default=SCORE_BATCH_SIZE,
+                   help=f"(default: {SCORE_BATCH_SIZE})")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lana.commands.pretrain import call_reporting_warnings
+    from lana.score import score
+
+    result = call_reporting_warnings(
+        score, args.pretrain, args.teacher, args.pool, args.data, args.out, samples=args.samples,
+        batch_size=args.batch_size, device=args.device, seed=args.seed,
+        teacher_weights=args.teacher_weights, progress=not args.no_progress)
+    n_ops = sum(len(layer["scores"]) for layer in result["layers"])
+    print(f"scored {n_ops} ops on {result['n_samples']} images in {result['seconds']:.1f} s "
+          f"(teacher loss {result['teacher_loss']:.4f}, top-1 {100 * result['teacher_top1']:.2f}%)"
+          f"; wrote {args.out}")
+    return 0
