@@ -289,13 +289,23 @@ def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> dict[s
 # Sampling architectures
 
 
-def layer_choices(lut: "Lut") -> list[list[str]]:
-    """Per layer, the op keys the LUT has a latency for (teacher op first when present)."""
+def layer_choices(lut: "Lut", pool: Sequence[Sequence[str]] | None = None) -> list[list[str]]:
+    """Per layer, the op keys the LUT has a latency for (teacher op first when present).
+
+    ``pool`` (op keys per layer, e.g. a smaller pool's) restricts the choice to those keys, so a
+    calibration can concentrate on the architectures a search over that pool will return.
+    """
     if not lut.layers:
         raise CalibrationError(f"LUT {lut.path} lists no layers; re-profile it with lana-profile")
+    if pool is not None and len(pool) != len(lut.layers):
+        raise CalibrationError(f"the pool has {len(pool)} layers but LUT {lut.path} has "
+                               f"{len(lut.layers)}; pass the LUT's own teacher")
     choices = []
     for i, layer in enumerate(lut.layers):
         ops = [k for k in layer.get("ops", ()) if lut.has(k)]
+        if pool is not None:
+            allowed = set(pool[i])
+            ops = [k for k in ops if k in allowed]
         if not ops:
             raise CalibrationError(f"layer {i} ({layer.get('name')}) has no measured op in LUT "
                                    f"{lut.path}; complete it: {lut.command(resume=True)}")
@@ -304,18 +314,18 @@ def layer_choices(lut: "Lut") -> list[list[str]]:
     return choices
 
 
-def sample_architectures(lut: "Lut", n: int, *, seed: int = 0, pool_size: int = 4000
-                         ) -> list[tuple[str, ...]]:
+def sample_architectures(lut: "Lut", n: int, *, seed: int = 0, pool_size: int = 4000,
+                         pool: Sequence[Sequence[str]] | None = None) -> list[tuple[str, ...]]:
     """``n`` distinct architectures of the LUT's pool spread evenly over the predicted range.
 
     Candidates mix "keep the teacher op" with uniform random ops at rates from 0 to 1, so both
     near-teacher and heavily replaced networks occur; then one candidate is taken nearest each of
     ``n`` evenly spaced latency targets between the fastest and slowest candidate.  The teacher
-    itself is always one of them.
+    itself is always one of them.  ``pool`` restricts the ops as in :func:`layer_choices`.
     """
     if n < 1:
         raise CalibrationError(f"--samples must be >= 1, got {n}")
-    choices = layer_choices(lut)
+    choices = layer_choices(lut, pool)
     rng = random.Random(seed)
     teacher = tuple(c[0] for c in choices)
     cands: dict[tuple[str, ...], float] = {teacher: lut.predict_raw(teacher)}
@@ -509,13 +519,15 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
               samples: int = 30, holdout: float = 0.33, repeats: int = 3, seed: int = 0,
               protocol: "Protocol | None" = None, write: bool = True,
               plot: str | Path | None = None, candidates: Sequence[str] = FIT_NAMES,
-              drift_correction: bool = True,
+              drift_correction: bool = True, pool: str | None = None,
               progress: Callable[[int, int], None] | None = None) -> CalibrationReport:
     """Measure ``samples`` architectures of the LUT's pool on ``device``, fit, store, report.
 
     The fit uses the architectures not held out; ``before``/``after`` are errors on the held-out
     ones.  ``write=False`` reports without touching the LUT.  ``plot`` writes a PNG of predicted
-    against measured latency, before and after.
+    against measured latency, before and after.  ``pool`` (``small``, ``full``, ``single-shot``)
+    draws the architectures from that pool of the LUT's teacher only (default: every op the LUT
+    has), so the fit is best where a search over that pool will look.
     """
     from lana.lut import Lut
     from lana.validate import lut_protocol, open_lut
@@ -524,7 +536,20 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     lut, preset = open_lut(lut_path, device, teacher=teacher)
     if samples < 6:
         raise CalibrationError(f"--samples must be at least 6 (some are held out), got {samples}")
-    archs = sample_architectures(lut, samples, seed=seed)
+    keys = None
+    if pool is not None:
+        from lana.pool import build_pool
+        from lana.teachers import create_teacher
+
+        try:
+            layers = build_pool(create_teacher(lut.teacher, pretrained=False), pool)
+        except LanaError:
+            raise
+        except Exception as exc:
+            raise CalibrationError(f"cannot build pool {pool!r} of teacher {lut.teacher!r} "
+                                   f"({exc}); pass a pool and the LUT's own teacher") from exc
+        keys = [lp.keys for lp in layers]
+    archs = sample_architectures(lut, samples, seed=seed, pool=keys)
     if len(archs) < 6:
         raise CalibrationError(f"the LUT's pool has only {len(archs)} distinct architectures; "
                                f"calibration needs 6 or more")
@@ -555,6 +580,7 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     calibration = {
         **fit.to_calibration(), "model": fit.name, "cv_error": fit.cv_error,
         "cv_errors": cv, "n_fit": len(train), "n_held_out": len(test), "repeats": repeats,
+        "pool": pool,
         "drift_correction": drift_correction,
         "held_out": {"before": before, "after": after},
         "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

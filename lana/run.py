@@ -2,7 +2,8 @@
 
 Stages, each writing its artifact into the run directory::
 
-    profile   lut.json            (or a shipped LUT measured on this machine's hardware, copied)
+    profile   lut.json            (or a shipped LUT measured on this machine's hardware, copied),
+                                  calibrated end to end on architectures of the run's pool
     pretrain  pretrain/           per-(layer, op) distilled weights, resumable
     score     scores.json         loss change of every op alone in its layer
     search    search.json (+png)  K diverse architectures under the budget (HiGHS)
@@ -13,14 +14,15 @@ Stages, each writing its artifact into the run directory::
 
 ``run.json`` records the settings and which stages finished.  Re-running skips finished stages and
 resumes an interrupted one.  Changing a setting re-runs only the stages that depend on it (a new
-budget re-runs search onwards and keeps the pretrained ops); a directory holding another teacher's,
-pool's or data's run is refused unless ``force``.
+budget, device or LUT re-runs the search onwards and keeps the pretrained ops and their scores); a
+directory holding another teacher's, pool's or data's run is refused unless ``force``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,9 +32,9 @@ from typing import Any, Callable
 from lana.errors import LanaError
 
 STAGES = ("profile", "pretrain", "score", "search", "select", "finetune", "validate", "report")
-# The settings each stage depends on (besides those of the stages before it).
+# The settings each stage depends on directly ...
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "profile": ("teacher", "device", "pool", "lut"),
+    "profile": ("teacher", "device", "pool", "lut", "calibrate"),
     "pretrain": ("teacher", "pool", "data", "seed", "pretrain_epochs", "images"),
     "score": ("score_samples",),
     "search": ("budget", "k", "overlap"),
@@ -40,6 +42,18 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "finetune": ("finetune_epochs",),
     "validate": ("tolerance",),
     "report": (),
+}
+# ... and the stages whose artifacts it reads.  Distillation and scoring do not depend on the
+# device: a new LUT or device re-runs the search onwards and keeps the pretrained ops.
+STAGE_DEPS: dict[str, tuple[str, ...]] = {
+    "profile": (),
+    "pretrain": (),
+    "score": ("pretrain",),
+    "search": ("profile", "score"),
+    "select": ("search",),
+    "finetune": ("select",),
+    "validate": ("profile", "finetune"),
+    "report": ("validate",),
 }
 # Settings that make a directory "another run": changing them needs --force.
 IDENTITY = ("teacher", "pool", "data")
@@ -61,6 +75,7 @@ class RunConfig:
     pool: str = "small"  # candidate pool: small, full or single-shot
     data: str | None = None  # ImageFolder root; None is the embedded digits data
     lut: str | None = None  # an explicit LUT file instead of profiling
+    calibrate: int = 24  # architectures measured end to end to calibrate the LUT (0: do not)
     k: int = 10  # diverse architectures the search returns
     overlap: float = 0.7  # max share of layers two architectures may have in common
     seed: int = 0
@@ -100,12 +115,29 @@ class Manifest:
                                             "stages": self.stages}, indent=1))
 
 
+def upstream(stage: str) -> list[str]:
+    """``stage`` and every stage it depends on, directly or not, in pipeline order."""
+    seen = {stage}
+    todo = [stage]
+    while todo:
+        for dep in STAGE_DEPS[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return [s for s in STAGES if s in seen]
+
+
+def downstream(stage: str) -> list[str]:
+    """The stages that depend on ``stage``, directly or not (``stage`` excluded)."""
+    return [s for s in STAGES if s != stage and stage in upstream(s)]
+
+
 def stage_digest(config: RunConfig, stage: str) -> str:
-    """A stage's fingerprint covers its own inputs and those of every stage before it."""
+    """A stage's fingerprint covers its own inputs and those of every stage it depends on."""
     names: list[str] = []
-    for s in STAGES[: STAGES.index(stage) + 1]:
+    for s in upstream(stage):
         names += STAGE_INPUTS[s]
-    return config.digest(tuple(names))
+    return config.digest(tuple(dict.fromkeys(names)))
 
 
 def _check_device(device: str) -> None:
@@ -221,8 +253,9 @@ class Pipeline:
                                        "seconds": round(seconds, 2), **extra}
         self.manifest.write(self.path("run.json"))
 
-    def _invalidate_from(self, stage: str) -> None:
-        for s in STAGES[STAGES.index(stage):]:
+    def _invalidate(self, stage: str) -> None:
+        """Forget ``stage`` and everything that read its artifacts."""
+        for s in [stage, *downstream(stage)]:
             self.manifest.stages.pop(s, None)
 
     # -- the stages ----------------------------------------------------------------------------
@@ -234,7 +267,7 @@ class Pipeline:
                 self.console.print(f"[dim][{n}/{len(STAGES)}] {stage}: done "
                                    f"({self.manifest.stages[stage]['seconds']:.0f} s), skipped[/]")
                 continue
-            self._invalidate_from(stage)
+            self._invalidate(stage)
             self.console.rule(f"[bold][{n}/{len(STAGES)}] {stage}")
             start = time.perf_counter()
             extra = getattr(self, f"stage_{stage}")() or {}
@@ -253,18 +286,52 @@ class Pipeline:
 
             Lut.load(c.lut, teacher=c.teacher)
             sh.copyfile(c.lut, target)
-            return {"source": str(c.lut)}
-        shipped = shipped_lut(c.teacher, c.device, c.pool)
-        if shipped is not None:
+            source = str(c.lut)
+        elif (shipped := shipped_lut(c.teacher, c.device, c.pool)) is not None:
             sh.copyfile(shipped, target)
             self.console.print(f"using {shipped.relative_to(REPO_LUTS.parent)}: measured on this "
                                f"machine's hardware with the same op code")
-            return {"source": str(shipped)}
-        from lana.profile import profile
+            source = str(shipped)
+        else:
+            from lana.profile import profile
 
-        profile(c.device, c.teacher, pool=c.pool, out=target, resume=target.exists(),
-                progress=True)
-        return {"source": "profiled"}
+            profile(c.device, c.teacher, pool=c.pool, out=target, resume=target.exists(),
+                    progress=True)
+            source = "profiled"
+        return {"source": source, **self._calibrate(target)}
+
+    def _calibrate(self, target: Path) -> dict:
+        """Fit the LUT to end-to-end measurements of architectures of the run's pool, unless it
+        already carries a calibration for that pool (a LUT's sum counts every op's per-call
+        overhead once per op, which the assembled network pays only once)."""
+        from lana.lut import Lut
+
+        c = self.config
+        lut = Lut.load(target, teacher=c.teacher)
+        existing = lut.calibration
+        if c.calibrate <= 0:
+            return {"calibration": "off"}
+        from profilers import load_preset
+
+        if lut.preset not in (c.device, load_preset(c.device).name):
+            self.console.print(f"[yellow]the LUT was measured with {lut.preset!r}, not "
+                               f"{c.device!r}: not calibrated here (calibrate it on its device "
+                               f"with lana lut calibrate)[/]")
+            return {"calibration": "other device"}
+        if existing and existing.get("pool") == c.pool:
+            self.console.print(f"LUT calibration for the {c.pool} pool: {existing.get('model')}, "
+                               f"held-out error {_held_out_text(existing)}")
+            return {"calibration": "kept"}
+        from lana.calibrate import calibrate
+
+        with self.console.status(f"calibrating the LUT: {c.calibrate} architectures of the "
+                                 f"{c.pool} pool measured end to end"):
+            rep = calibrate(target, c.device, teacher=c.teacher, samples=max(6, c.calibrate),
+                            seed=c.seed, pool=c.pool)
+        cal = Lut.load(target, teacher=c.teacher).calibration or {}
+        self.console.print(f"calibrated the LUT ({rep.fit.name}) on {c.calibrate} architectures: "
+                           f"held-out error {_held_out_text(cal)}")
+        return {"calibration": "fitted", "calibration_s": round(rep.seconds, 1)}
 
     def stage_pretrain(self) -> dict:
         from lana.pretrain import pretrain
@@ -344,6 +411,16 @@ class Pipeline:
 
         write_report(self)
         return {}
+
+
+def _held_out_text(calibration: dict) -> str:
+    held = calibration.get("held_out") or {}
+    before, after = held.get("before") or {}, held.get("after") or {}
+    if "median_abs" not in before or "median_abs" not in after:
+        return "not recorded"
+    return (f"median {100 * before['median_abs']:.1f}% -> {100 * after['median_abs']:.1f}%, "
+            f"worst {100 * before.get('max_abs', math.nan):.1f}% -> "
+            f"{100 * after.get('max_abs', math.nan):.1f}%")
 
 
 def run(teacher: str = "demo", device: str = "cpu-ort", budget: str = "0.5x", pool: str = "small",

@@ -78,6 +78,7 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
         "within_budget": student_ms <= budget_ms * (1 + p.config.tolerance),
         "tolerance": p.config.tolerance,
         "device": p.config.device, "batch_size": lut.batch_size,
+        "calibrated": lut.calibration is not None,
     }
     from lana.lut import atomic_write_text
 
@@ -91,10 +92,13 @@ def summarize(p: "Pipeline") -> dict[str, Any]:
     return {
         "teacher": {"latency_ms": round(val["teacher"]["measured_ms"], 4),
                     "predicted_ms": round(val["teacher"]["predicted_ms"], 4),
+                    "predicted_raw_ms": round(val["teacher"]["predicted_raw_ms"], 4),
                     "top1": round(100 * metrics["teacher_top1"], 2)},
         "student": {"latency_ms": round(val["student"]["measured_ms"], 4),
                     "predicted_ms": round(val["student"]["predicted_ms"], 4),
+                    "predicted_raw_ms": round(val["student"]["predicted_raw_ms"], 4),
                     "top1": round(100 * metrics["final_top1"], 2)},
+        "calibrated": bool(val.get("calibrated")),
         "speedup": round(val["speedup"], 3),
         "predicted_speedup": round(val["predicted_speedup"], 3),
         "budget": p.config.budget,
@@ -233,10 +237,17 @@ def _markdown(p: "Pipeline", summary: dict, rows: list[dict], val: dict) -> str:
     lines = [
         f"# LANA run: {p.config.teacher} on {p.config.device}, budget {p.config.budget}",
         "",
-        "| | latency (ms, measured) | LUT prediction (ms) | top-1 (%) |",
-        "|---|---:|---:|---:|",
-        f"| teacher | {t['latency_ms']:.3f} | {t['predicted_ms']:.3f} | {t['top1']:.2f} |",
-        f"| LANA student | {s['latency_ms']:.3f} | {s['predicted_ms']:.3f} | {s['top1']:.2f} |",
+        "| | latency (ms, measured) | LUT prediction (ms) | raw LUT sum (ms) | top-1 (%) |",
+        "|---|---:|---:|---:|---:|",
+        f"| teacher | {t['latency_ms']:.3f} | {t['predicted_ms']:.3f} | "
+        f"{t.get('predicted_raw_ms', t['predicted_ms']):.3f} | {t['top1']:.2f} |",
+        f"| LANA student | {s['latency_ms']:.3f} | {s['predicted_ms']:.3f} | "
+        f"{s.get('predicted_raw_ms', s['predicted_ms']):.3f} | {s['top1']:.2f} |",
+        "",
+        ("The LUT prediction is the raw sum of per-op latencies corrected by the LUT's calibration "
+         "(fitted to end-to-end measurements); the budget applies to it."
+         if summary.get("calibrated") else
+         "The LUT is not calibrated: predictions are raw sums of per-op latencies."),
         "",
         f"Speed-up measured end to end: **{summary['speedup']:.2f}x** (LUT predicted "
         f"{summary['predicted_speedup']:.2f}x). Budget {summary['budget_ms']:.3f} ms: "

@@ -10,7 +10,7 @@ import pytest
 from lana.cli import main
 from lana.run import RunConfig, RunError, run, stage_digest
 
-QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64)
+QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64, calibrate=8)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,23 @@ def test_pipeline_writes_every_artifact(finished_run):
     assert "skipped" in report and "![Pareto front](pareto.png)" in report
 
 
+def test_profile_stage_calibrates_the_lut_on_the_runs_pool(finished_run):
+    out, _ = finished_run
+    stages = json.loads((out / "run.json").read_text())["stages"]
+    assert stages["profile"]["calibration"] == "fitted"
+    cal = json.loads((out / "lut.json").read_text())["calibration"]
+    assert cal["pool"] == "single-shot" and cal["n_fit"] + cal["n_held_out"] >= 6
+    # the search's predictions are the calibrated ones: the teacher's predicted latency is the fit
+    # applied to the LUT sum
+    summary = json.loads((out / "summary.json").read_text())
+    from lana.lut import Lut
+
+    lut = Lut.load(out / "lut.json")
+    teacher_ops = [layer["ops"][0] for layer in lut.layers]
+    assert summary["teacher"]["predicted_ms"] == pytest.approx(lut.predict(teacher_ops), rel=1e-3)
+    assert lut.predict(teacher_ops) != pytest.approx(lut.predict_raw(teacher_ops), rel=1e-6)
+
+
 def test_rerun_skips_finished_stages_and_new_budget_reuses_early_ones(finished_run, tiny_device):
     out, _ = finished_run
     before = json.loads((out / "run.json").read_text())["stages"]
@@ -54,6 +71,13 @@ def test_rerun_skips_finished_stages_and_new_budget_reuses_early_ones(finished_r
     # a new budget changes the search stage onwards, not profiling or scoring
     assert stage_digest(config, "score") == before["score"]["digest"]
     assert stage_digest(config, "search") != before["search"]["digest"]
+    # another LUT (retargeting) re-runs profile, search and later, but keeps the distilled ops
+    retarget = RunConfig(teacher="demo", device=tiny_device, budget="0.6x",
+                         **{**QUICK, "lut": "other.json"})
+    for stage in ("pretrain", "score"):
+        assert stage_digest(retarget, stage) == before[stage]["digest"]
+    for stage in ("profile", "search", "validate", "report"):
+        assert stage_digest(retarget, stage) != before[stage]["digest"]
 
 
 def test_refuses_another_runs_directory(finished_run, tiny_device):

@@ -34,6 +34,9 @@ def register_into(lut_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=float, default=0.33,
                    help="fraction held out from the fit to report on (default 0.33)")
     p.add_argument("--seed", type=int, default=0, help="architecture sampling seed")
+    p.add_argument("--pool", choices=("small", "full", "single-shot"),
+                   help="draw the architectures from this pool only (default: every op the LUT "
+                        "has); calibrate for the pool you will search")
     p.add_argument("--no-drift-correction", action="store_true",
                    help="do not scale each measurement by the teacher measured next to it")
     p.add_argument("--dry-run", action="store_true", help="report without writing the LUT")
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             report = calibrate(args.lut, args.device, teacher=args.teacher, samples=args.samples,
                                holdout=args.holdout, repeats=args.repeats, seed=args.seed,
                                write=not args.dry_run, plot=args.plot,
-                               drift_correction=not args.no_drift_correction, progress=progress)
+                               drift_correction=not args.no_drift_correction, pool=args.pool,
+                               progress=progress)
         finally:
             if bar is not None:
                 bar.stop()

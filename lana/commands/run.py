@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="ImageFolder root (train/, val/); default: the embedded digits")
     p.add_argument("--lut", help="use this LUT instead of profiling (retargets the run)")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--calibrate", type=int, default=24, metavar="N",
+                   help="architectures of the pool measured end to end to calibrate the LUT "
+                        "(default 24; 0 keeps the raw LUT sum)")
     p.add_argument("--k", type=int, default=10, help="diverse architectures to evaluate (default 10)")
     p.add_argument("--overlap", type=float, default=0.7, help="max shared layers, fraction (0.7)")
     p.add_argument("--pretrain-epochs", type=int, help="epochs of layer-wise distillation")
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         teacher=args.teacher, device=args.device, budget=args.budget, pool=args.pool,
         data=args.data, out=args.out, force=args.force, lut=args.lut, k=args.k,
         overlap=args.overlap, seed=args.seed, pretrain_epochs=args.pretrain_epochs,
-        finetune_epochs=args.finetune_epochs, images=args.images, tolerance=args.tolerance)
+        finetune_epochs=args.finetune_epochs, images=args.images, tolerance=args.tolerance,
+        calibrate=args.calibrate)
     if args.json:
         json.dump(summary, sys.stdout, indent=1)
         print()
