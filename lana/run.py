@@ -55,6 +55,18 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
     "validate": ("profile", "finetune"),
     "report": ("validate",),
 }
+# What each stage writes into the run directory (removed when its settings change).
+STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "profile": ("lut.json",),
+    "pretrain": ("pretrain",),
+    "score": ("scores.json",),
+    "search": ("search.json", "search.png"),
+    "select": ("select.json",),
+    "finetune": ("finetune",),
+    "validate": ("validation.json",),
+    "report": ("summary.json", "report.md", "teacher_vs_student.png", "pareto.png", "layers.png",
+               "predicted_vs_measured.png"),
+}
 # Settings that make a directory "another run": changing them needs --force.
 IDENTITY = ("teacher", "pool", "data")
 SCHEMA = "lana.run/1"
@@ -156,17 +168,23 @@ def _check_device(device: str) -> None:
                        f"{', '.join(usable) or 'none'}")
 
 
+def remove_artifacts(out: Path, stage: str) -> None:
+    """Delete what ``stage`` wrote into the run directory ``out``."""
+    for name in STAGE_ARTIFACTS[stage]:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
 def _prepare_dir(out: Path, config: RunConfig, force: bool) -> Manifest:
     manifest_path = out / "run.json"
     old = None if force else Manifest.read(manifest_path)
     if force and out.exists():
-        for name in [*STAGES, "lut.json", "pretrain", "scores.json", "search.json", "select.json",
-                     "finetune", "validation.json", "summary.json", "report.md", "run.json"]:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        for stage in STAGES:
+            remove_artifacts(out, stage)
+        (out / "run.json").unlink(missing_ok=True)
         for png in out.glob("*.png"):
             png.unlink()
     elif old is None and out.exists() and any(out.iterdir()):
@@ -254,9 +272,17 @@ class Pipeline:
         self.manifest.write(self.path("run.json"))
 
     def _invalidate(self, stage: str) -> None:
-        """Forget ``stage`` and everything that read its artifacts."""
-        for s in [stage, *downstream(stage)]:
-            self.manifest.stages.pop(s, None)
+        """Before ``stage`` runs: forget every stage that read its artifacts and delete what they
+        wrote; delete ``stage``'s own artifacts too when they were made with other settings (an
+        interrupted stage with the same settings keeps them and resumes)."""
+        for s in downstream(stage):
+            if self.manifest.stages.pop(s, None) is not None:
+                remove_artifacts(self.out, s)
+        entry = self.manifest.stages.get(stage)
+        if entry is not None and entry.get("digest") != stage_digest(self.config, stage):
+            remove_artifacts(self.out, stage)
+        self.manifest.stages[stage] = {"done": False, "digest": stage_digest(self.config, stage)}
+        self.manifest.write(self.path("run.json"))
 
     # -- the stages ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

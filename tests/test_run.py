@@ -80,6 +80,29 @@ def test_rerun_skips_finished_stages_and_new_budget_reuses_early_ones(finished_r
         assert stage_digest(retarget, stage) != before[stage]["digest"]
 
 
+def test_new_budget_reruns_from_the_search_and_replaces_stale_artifacts(finished_run, tiny_device,
+                                                                          tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    before = json.loads((out / "run.json").read_text())["stages"]
+    old_arch = json.loads((out / "select.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run("demo", tiny_device, "0.9x", out=out, **QUICK)
+    after = json.loads((out / "run.json").read_text())["stages"]
+    for stage in ("profile", "pretrain", "score"):
+        assert after[stage] == before[stage]
+    for stage in ("search", "select", "finetune", "validate", "report"):
+        assert after[stage]["done"] and after[stage]["digest"] != before[stage]["digest"]
+    assert summary["budget"] == "0.9x"
+    new_arch = json.loads((out / "select.json").read_text())
+    metrics = json.loads((out / "finetune" / "metrics.json").read_text())
+    assert new_arch.get("budget_ms") != old_arch.get("budget_ms")
+    assert metrics["epochs"] == QUICK["finetune_epochs"]
+
+
 def test_refuses_another_runs_directory(finished_run, tiny_device):
     out, _ = finished_run
     with pytest.raises(RunError, match="holds another run.*--force"):
