@@ -2,12 +2,16 @@
 
 Synthetic tables (lana.search.synthetic): "paper" (faster ops lose more, identity cheap and costly,
 teacher op 0) and "uncorrelated" (uniform scores independent of latency).  For each case it times
-one solve (K=1, table to certified solution) and K=100 diverse solutions at overlap 0.7, and prints
-the certified gaps and where the time goes.  Optional: a budget sweep cold vs. warm-started
-(--sweep), and random / evolutionary search given the same time (--baselines).
+one solve (K=1, table to certified solution) and K=100 diverse solutions at overlap 0.7 within a
+10 s time budget (the target), and prints the certified gaps and where the time goes.  Optional: a
+budget sweep cold vs. warm-started (--sweep, --sweep-case), random / evolutionary search given the
+same time (--baselines), and one uncorrelated solve proved optimal to show how far the LP bound is
+from the optimum (--prove N).  On a machine shared with other work, --cpu-clock counts this
+process's CPU time instead of wall time (for limits and figures alike).
 
     python benchmarks/solver.py                 # figures as text
     python benchmarks/solver.py --json          # {"n_layers", "n_ops", "single_solve_s", ...}
+    python benchmarks/solver.py --cases uncorrelated --prove 60 --time-limit 0.1   # minutes
 """
 
 from __future__ import annotations
@@ -29,16 +33,17 @@ def _case(name: str, args) -> dict:
     table = synthetic_table(args.layers, args.ops, seed=args.seed,
                             correlated=(name == "paper"))
     budget = [Budget("gpu", args.budget)]
-    opts = dict(gap=args.gap, time_limit=args.time_limit, threads=args.threads)
-    t0 = time.perf_counter()
+    clock = _clock(args)
+    opts = dict(gap=args.gap, time_limit=args.time_limit, threads=args.threads, clock=clock)
+    t0 = clock()
     one = search(table, budget, k=1, **opts)
     opts["time_budget"] = args.time_budget
-    single = time.perf_counter() - t0
+    single = clock() - t0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
+        t0 = clock()
         many = search(table, budget, k=args.k, overlap=args.overlap, **opts)
-        total = time.perf_counter() - t0
+        total = clock() - t0
     gaps = [s.gap for s in many.solutions]
     times = sorted(s.time_s for s in many.solutions)
     return {
@@ -46,6 +51,8 @@ def _case(name: str, args) -> dict:
         "single_gap": one.solutions[0].gap, "single_objective": one.solutions[0].objective,
         "k": args.k, "found": len(many.solutions), "k_total_s": total,
         "k_max_gap": max(gaps), "k_mean_gap": sum(gaps) / len(gaps),
+        "k_gap_p50": sorted(gaps)[len(gaps) // 2], "k_gap_p90": sorted(gaps)[(9 * len(gaps)) // 10],
+        "k_mean_objective": sum(s.objective for s in many.solutions) / len(many.solutions),
         "k_over_gap": sum(g > args.gap + 1e-12 for g in gaps),
         "k_solve_median_s": times[len(times) // 2], "k_solve_max_s": times[-1],
         "statuses": {s: sum(x.status == s for x in many.solutions)
@@ -54,6 +61,11 @@ def _case(name: str, args) -> dict:
         "stats": many.stats, "objective_first": many.solutions[0].objective,
         "objective_last": many.solutions[-1].objective,
     }
+
+
+def _clock(args):
+    """Wall time, or with --cpu-clock this process's CPU time (time limits count it too)."""
+    return time.process_time if args.cpu_clock else time.perf_counter
 
 
 def _naive(args) -> dict:
@@ -97,27 +109,79 @@ def _naive(args) -> dict:
 
 
 def _sweep(args) -> dict:
+    """Many budgets in one call, cold (every target from scratch) against warm-started from the
+    neighbouring target's architectures (top-down and bottom-up), in the same run.  Each strategy
+    gets its own copy of the table, so that none inherits another's cached dominance relation."""
     from lana.search import Budget
     from lana.search.budget import parse_budgets
     from lana.search.sweep import search_many
     from lana.search.synthetic import synthetic_table
 
-    table = synthetic_table(args.layers, args.ops, seed=args.seed)
-    targets = [[Budget("gpu", b)] for b in parse_budgets(args.sweep)]
-    out = {"budgets": args.sweep, "k": args.sweep_k}
-    objs = {}
+    budgets = parse_budgets(args.sweep)
+    targets = [[Budget("gpu", b)] for b in budgets]
+    out = {"budgets": args.sweep, "case": args.sweep_case, "k": args.sweep_k}
     for strategy in ("cold", "top-down", "bottom-up"):
+        table = synthetic_table(args.layers, args.ops, seed=args.seed,
+                                correlated=args.sweep_case == "paper")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = search_many(table, targets, args.sweep_k, args.overlap, strategy=strategy,
-                              gap=args.gap, time_limit=args.time_limit, threads=args.threads)
-        objs[strategy] = [s.objective for r in res.results for s in r.solutions]
+                              gap=args.gap, time_limit=args.time_limit, threads=args.threads,
+                              clock=_clock(args))
+        sols = [s for r in res.results for s in r.solutions]
         out[f"{strategy}_s"] = res.time_s
-        out[f"{strategy}_max_gap"] = max(s.gap for r in res.results for s in r.solutions)
-        out[f"{strategy}_mean_objective"] = sum(objs[strategy]) / len(objs[strategy])
+        out[f"{strategy}_max_gap"] = max(s.gap for s in sols)
+        out[f"{strategy}_mean_gap"] = sum(s.gap for s in sols) / len(sols)
+        out[f"{strategy}_mean_objective"] = sum(s.objective for s in sols) / len(sols)
+        out[f"{strategy}_lp_certified"] = sum(r.stats["lp_only_solves"] for r in res.results)
+        out[f"{strategy}_solves"] = len(sols)
+        phases: dict[str, float] = {}
+        for r in res.results:
+            for name, value in r.timings.items():
+                phases[name] = phases.get(name, 0.0) + value
+        out[f"{strategy}_breakdown_s"] = {k: round(v, 4) for k, v in phases.items()}
     for strategy in ("top-down", "bottom-up"):
         out[f"{strategy}_saving"] = 1 - out[f"{strategy}_s"] / out["cold_s"]
+        out[f"{strategy}_objective_change"] = (out[f"{strategy}_mean_objective"]
+                                               / out["cold_mean_objective"] - 1)
     return out
+
+
+def _prove(args) -> dict:
+    """How far the LP bound is from the true optimum at solve N of the uncorrelated case: run the
+    first N solves as configured, then solve the (N+1)-th problem (those N architectures excluded)
+    to proven optimality with HiGHS on the whole kept model, from the search's own incumbent.
+    (OPT - LP) / OPT is the smallest gap any incumbent can be certified at by the LP bound."""
+    import numpy as np
+
+    from lana.search import Budget, search
+    from lana.search.engine import Engine
+    from lana.search.solver import max_shared_layers, resolve_limits
+    from lana.search.synthetic import synthetic_table
+
+    table = synthetic_table(args.layers, args.ops, seed=args.seed, correlated=False)
+    budget = [Budget("gpu", args.budget)]
+    clock = _clock(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = search(table, budget, k=args.prove + 1, overlap=args.overlap, gap=args.gap,
+                     time_limit=args.time_limit, threads=args.threads, clock=clock)
+    found = run.solutions[args.prove]
+    engine = Engine(table, resolve_limits(table, budget),
+                    max_shared_layers(table.n_layers, args.overlap), gap=0.0,
+                    time_limit=args.prove_limit, threads=args.threads, seed=args.seed)
+    for choice in run.choices()[:args.prove]:
+        engine.chosen.append(np.asarray(choice))
+        engine._extend()
+    lp = engine.lp.solve()
+    t0 = clock()
+    raw = engine.mip.solve(incumbent=found.choice, time_limit=args.prove_limit, gap=0.0)
+    best = min(found.objective, raw.objective if raw.choice is not None else np.inf)
+    return {"solve": args.prove, "lp_bound": lp.bound, "search_objective": found.objective,
+            "search_gap": found.gap, "highs_status": raw.status, "highs_objective": best,
+            "highs_bound": raw.bound, "highs_nodes": raw.nodes, "highs_s": clock() - t0,
+            "optimum_lp_gap": (best - lp.bound) / best if raw.status == "optimal" else None,
+            "search_excess": found.objective / best - 1}
 
 
 def _baselines(args) -> dict:
@@ -152,18 +216,27 @@ def main(argv=None) -> int:
     p.add_argument("--budget", default="0.5x")
     p.add_argument("--gap", type=float, default=0.005)
     p.add_argument("--time-limit", type=float, default=1.0, help="seconds per solve")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds for all K solves together (shared among the solves left)")
+    p.add_argument("--time-budget", type=float, default=10.0,
+                   help="seconds for all K solves together (shared among the solves left; the "
+                        "target is K=100 in 10 s); 0 for none")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cases", default="paper,uncorrelated")
     p.add_argument("--sweep", default="", help="e.g. 0.3x:0.7x:0.1x (cold vs. warm-started)")
     p.add_argument("--sweep-k", type=int, default=10)
+    p.add_argument("--sweep-case", default="paper", choices=("paper", "uncorrelated"))
     p.add_argument("--baselines", action="store_true", help="random and evolutionary search")
     p.add_argument("--naive", type=int, default=0, metavar="K",
                    help="also time K solves of the plain one-MIP-per-solution loop (slow)")
+    p.add_argument("--prove", type=int, default=None, metavar="N",
+                   help="solve the uncorrelated case's solve N to proven optimality (slow)")
+    p.add_argument("--prove-limit", type=float, default=600.0, help="seconds for --prove")
+    p.add_argument("--cpu-clock", action="store_true",
+                   help="measure and limit time as this process's CPU seconds (shared machines)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.time_budget is not None and args.time_budget <= 0:
+        args.time_budget = None
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -173,12 +246,14 @@ def main(argv=None) -> int:
     out = {"n_layers": args.layers, "n_ops": args.ops, "single_solve_s": first["single_solve_s"],
            "k100_total_s": first["k_total_s"], "k100_max_gap": first["k_max_gap"],
            "k": args.k, "overlap": args.overlap, "gap": args.gap, "time_limit_s": args.time_limit,
-           "time_budget_s": args.time_budget,
+           "time_budget_s": args.time_budget, "clock": "cpu" if args.cpu_clock else "wall",
            "load_average": load, "cases": cases}
     if args.sweep:
         out["sweep"] = _sweep(args)
     if args.baselines:
         out["baselines"] = _baselines(args)
+    if args.prove is not None:
+        out["prove"] = _prove(args)
     if args.naive:
         out["naive"] = _naive(args)
     if args.json:
@@ -186,29 +261,46 @@ def main(argv=None) -> int:
         return 0
     print(f"N={args.layers} layers x M={args.ops} ops, K={args.k}, overlap {args.overlap}, "
           f"gap {args.gap:.2%}, {args.time_limit:g} s/solve limit, time budget "
-          f"{args.time_budget} s, load average {load}")
+          f"{args.time_budget} s, {'CPU' if args.cpu_clock else 'wall'} clock, load average {load}")
     for c in cases.values():
         print(f"\n[{c['case']}] budget {c['budget']}")
         print(f"  one solve:        {c['single_solve_s']:.3f} s (gap {c['single_gap']:.3%})")
         print(f"  K={c['k']} solves:    {c['k_total_s']:.2f} s total, median {c['k_solve_median_s']:.3f}"
               f" s, max {c['k_solve_max_s']:.3f} s; found {c['found']}")
-        print(f"  certified gaps:   max {c['k_max_gap']:.3%}, mean {c['k_mean_gap']:.3%}, "
-              f"{c['k_over_gap']} over {args.gap:.1%}; statuses {c['statuses']}")
+        print(f"  certified gaps:   max {c['k_max_gap']:.3%}, mean {c['k_mean_gap']:.3%}, median "
+              f"{c['k_gap_p50']:.3%}, 90th pct {c['k_gap_p90']:.3%}, {c['k_over_gap']} over "
+              f"{args.gap:.1%}; statuses {c['statuses']}")
+        print(f"  objectives:       first {c['objective_first']:.6f}, last "
+              f"{c['objective_last']:.6f}, mean {c['k_mean_objective']:.6f}")
         print(f"  time breakdown:   {c['breakdown_s']}")
         print(f"  model:            {c['stats']}")
     if "sweep" in out:
         s = out["sweep"]
-        print(f"\n[sweep {s['budgets']}, K={s['k']}] cold {s['cold_s']:.2f} s, top-down "
-              f"{s['top-down_s']:.2f} s ({s['top-down_saving']:+.0%} saved), bottom-up "
-              f"{s['bottom-up_s']:.2f} s ({s['bottom-up_saving']:+.0%} saved); mean objective "
-              f"cold {s['cold_mean_objective']:.5f} top-down {s['top-down_mean_objective']:.5f} "
-              f"bottom-up {s['bottom-up_mean_objective']:.5f}")
+        print(f"\n[sweep {s['budgets']}, {s['case']} case, K={s['k']}]")
+        for strategy in ("cold", "top-down", "bottom-up"):
+            saved = "" if strategy == "cold" else (
+                f" ({s[f'{strategy}_saving']:+.1%} time saved, mean objective "
+                f"{s[f'{strategy}_objective_change']:+.3%})")
+            print(f"  {strategy:9s} {s[f'{strategy}_s']:.3f} s{saved}; mean objective "
+                  f"{s[f'{strategy}_mean_objective']:.6f}, gap max {s[f'{strategy}_max_gap']:.3%} "
+                  f"mean {s[f'{strategy}_mean_gap']:.3%}, LP-certified "
+                  f"{s[f'{strategy}_lp_certified']}/{s[f'{strategy}_solves']}; "
+                  f"{s[f'{strategy}_breakdown_s']}")
     if "baselines" in out:
         b = out["baselines"]
         print(f"\n[baselines, paper case, {b['time_s']:.2f} s each] ILP: best {b['ilp_best']:.5f} "
               f"(bound {b['ilp_bound']:.5f}), {args.k}th {b['ilp_kth']:.5f}; random: best "
               f"{b['random_best']:.5f} of {b['random_samples']} samples; evolution: best "
               f"{b['evolution_best']:.5f} after {b['evolution_evaluated']} children")
+    if "prove" in out:
+        v = out["prove"]
+        lp_gap = ("not proven" if v["optimum_lp_gap"] is None
+                  else f"{v['optimum_lp_gap']:.3%} (the least gap the LP bound can certify)")
+        print(f"\n[uncorrelated, solve {v['solve']} proved] LP bound {v['lp_bound']:.7f}; search "
+              f"{v['search_objective']:.7f} (gap {v['search_gap']:.3%}); HiGHS {v['highs_status']} "
+              f"{v['highs_objective']:.7f}, bound {v['highs_bound']:.7f}, {v['highs_nodes']} "
+              f"nodes, {v['highs_s']:.1f} s; optimum vs LP {lp_gap}; search objective "
+              f"{v['search_excess']:+.3%} over the best known")
     if "naive" in out:
         v = out["naive"]
         print(f"\n[plain loop, paper case, first {v['solves']} solves] {v['total_s']:.2f} s "

@@ -8,9 +8,9 @@ or more budgets, K times with an overlap limit, as integer programs solved and c
 
 Modules: ``table`` and ``budget`` (input), ``solver`` (the public search), ``engine`` (one solve:
 LP, incumbent, branch and bound), ``dense`` (arrays and exact pruning), ``highs_model``, ``local``
-(incumbent search), ``check`` (NumPy re-check), ``sweep`` (many budgets), ``baselines`` and
-``oracles`` (comparisons and references), ``synthetic`` (benchmark tables), ``files``, ``report``
-and ``plot`` (the ``lana search`` command's file side).
+and ``tabu`` (incumbent search), ``check`` (NumPy re-check), ``sweep`` (many budgets),
+``baselines`` and ``oracles`` (comparisons and references), ``synthetic`` (benchmark tables),
+``files``, ``report`` and ``plot`` (the ``lana search`` command's file side).
 """
 
 from lana.search.budget import Budget, parse_budgets

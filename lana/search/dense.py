@@ -93,25 +93,12 @@ def _tol(limit: np.ndarray) -> np.ndarray:
 class Dominance:
     """Which ops to keep, given which ops earlier solutions used (see the module docstring)."""
 
-    def __init__(self, dense: Dense) -> None:
-        n, width = dense.n, dense.width
-        idx = np.arange(width)
-        self.dom = np.zeros((n, width, width), dtype=bool)  # dom[i, a, b]: a dominates b
-        for i in range(n):
-            v = np.flatnonzero(dense.valid[i])
-            s = dense.score[i, v]
-            le = s[:, None] <= s[None, :]
-            eq = s[:, None] == s[None, :]
-            for t in range(dense.cost.shape[0]):
-                c = dense.cost[t, i, v]
-                le &= c[:, None] <= c[None, :]
-                eq &= c[:, None] == c[None, :]
-            d = le & (~eq | (idx[v][:, None] < idx[v][None, :]))
-            np.fill_diagonal(d, False)
-            self.dom[i][np.ix_(v, v)] = d
+    def __init__(self, dense: Dense, relation: np.ndarray) -> None:
+        """``relation`` is :meth:`SearchTable.dominance` for the constrained tables of ``dense``."""
+        self.dom = relation  # dom[i, a, b]: a dominates b
         self.valid = dense.valid
-        self.used = np.zeros((n, width), dtype=bool)
-        self.kept = self._compute(np.arange(n))
+        self.used = np.zeros(dense.valid.shape, dtype=bool)
+        self.kept = self._compute(np.arange(dense.n))
 
     def _compute(self, layers: np.ndarray) -> np.ndarray:
         kept = getattr(self, "kept", np.zeros_like(self.valid)).copy()

@@ -1,22 +1,29 @@
-"""The K solves of one search, each: LP relaxation, incumbent, and (when the LP bound does not
-certify the incumbent) HiGHS branch and bound on a reduced-cost-restricted model.
+"""The K solves of one search, each: LP relaxation, incumbent, and (when no bound certifies the
+incumbent) HiGHS branch and bound on a reduced-cost-restricted model.
 
 Per solve, on models grown incrementally across solves:
 
 1. the LP relaxation in HiGHS (dual simplex, warm-started from the previous solve's basis);
 2. an incumbent: the LP solution rounded per layer (by largest value, then at random in
    proportion to the values) and earlier good architectures, each repaired and improved by
-   :class:`~lana.search.local.LocalSearch` priced with the LP's budget duals;
-3. if the LP bound certifies the incumbent within ``gap``, done (``bound_source="lp"``);
-   otherwise HiGHS on the integer program restricted to columns of small reduced cost, given the
-   incumbent (``setSolution``), ``mip_rel_gap=gap`` and the time left (``bound_source="mip"``).
+   :class:`~lana.search.local.LocalSearch` priced with the LP's budget duals; when no bound
+   certifies the best of them yet, :class:`~lana.search.tabu.TabuSearch` continues from it;
+3. if a bound certifies the incumbent within ``gap``, done; otherwise HiGHS on the integer program
+   restricted to columns of small reduced cost, given the incumbent (``setSolution``),
+   ``mip_rel_gap=gap`` and the time left (``bound_source="mip"``).
+
+The bound of a solve is the largest of: its LP optimum; HiGHS's dual bound on a model that provably
+contains every better architecture (see :meth:`Engine._branch_and_bound`); and the largest bound
+certified by an earlier solve of the same search, which holds because every later solve's feasible
+set is a subset of an earlier one's (rows are only ever added).  ``bound_source`` says which kind
+("lp" or "mip") gave it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,9 +31,10 @@ from lana.search.dense import Dense, Dominance
 from lana.search.highs_model import HighsModel
 from lana.search.local import LocalSearch
 from lana.search.result import Solution
+from lana.search.tabu import TabuSearch
 from lana.search.table import SearchTable
 
-PHASES = ("prune", "model", "lp", "heuristic", "mip", "check")
+PHASES = ("prune", "model", "lp", "heuristic", "tabu", "mip", "check")
 
 
 def rel_gap(objective: float, bound: float) -> float:
@@ -55,19 +63,21 @@ class Engine:
     """State carried between the K solves of one search."""
 
     def __init__(self, table: SearchTable, limits: dict[str, float], max_shared: int, *,
-                 gap: float, time_limit: float, threads: int, seed: int) -> None:
+                 gap: float, time_limit: float, threads: int, seed: int,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock  # what time limits and timings are measured on
         self.timings = {p: 0.0 for p in PHASES}
-        t0 = time.perf_counter()
+        t0 = clock()
         self.table = table
         self.dense = Dense.build(table, limits)
-        self.dominance = Dominance(self.dense)
-        self.timings["prune"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
+        self.dominance = Dominance(self.dense, table.dominance(self.dense.tables))
+        self.timings["prune"] += clock() - t0
+        t0 = clock()
         self.lp = HighsModel(self.dense, integer=False, threads=threads, seed=seed)
         self.mip = HighsModel(self.dense, integer=True, threads=threads, seed=seed)
         self.lp.add_ops(self.dominance.kept)
         self.mip.add_ops(self.dominance.kept)
-        self.timings["model"] += time.perf_counter() - t0
+        self.timings["model"] += clock() - t0
         self.max_shared, self.gap, self.time_limit = max_shared, gap, time_limit
         self.chosen: list[np.ndarray] = []
         self.pool: list[np.ndarray] = []  # good architectures not chosen yet (incumbent seeds)
@@ -79,8 +89,11 @@ class Engine:
         self.pool_size = 50
         self.polish_share = 0.25  # of the time limit, for restricted MIPs that only improve
         self.heuristic_share = 0.3  # of the time limit, for local search from several starts
+        self.tabu_share = 0.7  # of the time limit, by when tabu search stops
         self.rng = np.random.default_rng(seed)
         self.n_lp_only = 0
+        self.floor = -math.inf  # the largest bound certified so far: valid for every later solve
+        self.floor_source = "lp"
 
     def add_candidates(self, choices: Sequence[Sequence[int]]) -> None:
         for c in choices:
@@ -103,20 +116,20 @@ class Engine:
     def _extend(self) -> None:
         """Add the last solution's overlap row (and the ops dominance now keeps) to both models."""
         last = self.chosen[-1]
-        t0 = time.perf_counter()
+        t0 = self.clock()
         new = self.dominance.protect(last)
-        self.timings["prune"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
+        self.timings["prune"] += self.clock() - t0
+        t0 = self.clock()
         for model in (self.lp, self.mip):
             model.add_ops(new)
             model.add_overlap(last, self.max_shared)
-        self.timings["model"] += time.perf_counter() - t0
+        self.timings["model"] += self.clock() - t0
 
-    def _incumbent(self, lp) -> np.ndarray | None:
+    def _incumbent(self, lp, lower: float) -> np.ndarray | None:
         """The best architecture local search reaches from the LP solution rounded (by largest
         value, then at random in proportion to the values) and from earlier good ones; stops as
-        soon as one is certified by the LP bound."""
-        t0 = time.perf_counter()
+        soon as one is certified by ``lower``."""
+        t0 = self.clock()
         prev = np.array(self.chosen, dtype=np.int64).reshape(-1, self.dense.n)
         kept = self.dominance.kept
         ls = LocalSearch(self.dense, prev, self.max_shared, kept, price=lp.price)
@@ -135,7 +148,7 @@ class Engine:
         best, best_val, seen = None, math.inf, set()
         deadline = t0 + self.heuristic_share * self.time_limit
         for z0 in starts():
-            if seen and time.perf_counter() > deadline:
+            if seen and self.clock() > deadline:
                 break
             if z0.tobytes() in seen:
                 continue
@@ -143,55 +156,86 @@ class Engine:
             z = ls.run(z0)
             if z is not None and (val := self.dense.score_of(z)) < best_val:
                 best, best_val = z, val
-                if rel_gap(best_val, lp.bound) <= self.gap:
+                if rel_gap(best_val, lower) <= self.gap:
                     break
         if best is not None:
             self.pool.append(best)
-        self.timings["heuristic"] += time.perf_counter() - t0
+        self.timings["heuristic"] += self.clock() - t0
         return best
 
+    def _tabu(self, z0: np.ndarray, choice: np.ndarray | None, lower: float,
+              start: float) -> np.ndarray | None:
+        """The better of ``choice`` and what :class:`~lana.search.tabu.TabuSearch` reaches from
+        ``z0`` (which may break constraints) until ``lower`` certifies it, it stalls, or
+        ``tabu_share`` of the time limit has passed since ``start``."""
+        t0 = self.clock()
+        prev = np.array(self.chosen, dtype=np.int64).reshape(-1, self.dense.n)
+        search = TabuSearch(self.dense, prev, self.max_shared, self.dominance.kept)
+        deadline = start + self.tabu_share * self.time_limit
+
+        def stop(best: float) -> bool:
+            return self.clock() > deadline or (best < math.inf
+                                                and rel_gap(best, lower) <= self.gap)
+
+        z = search.run(z0, self.rng, stop)
+        if (z is not None and self._feasible(z)
+                and (choice is None or self.dense.score_of(z) < self.dense.score_of(choice))):
+            choice = z
+            self.pool.append(z)
+        self.timings["tabu"] += self.clock() - t0
+        return choice
+
     def next(self) -> Solution | None:
-        start = time.perf_counter()
+        start = self.clock()
         if self.chosen:
             self._extend()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         lp = self.lp.solve()
-        self.timings["lp"] += time.perf_counter() - t0
+        self.timings["lp"] += self.clock() - t0
         if lp.status == "infeasible":
             self.stop_reason = "no further architecture meets the budget and overlap limits"
             self.infeasible = True
             return None
-        choice = self._incumbent(lp)
-        lower = lp.bound if math.isfinite(lp.bound) else -math.inf
-        bound, status, nodes, source = lower, "", 0, "lp"
-        if choice is not None and rel_gap(self.dense.score_of(choice), lower) <= self.gap:
-            self.n_lp_only += 1
+        lower, source = (lp.bound if math.isfinite(lp.bound) else -math.inf), "lp"
+        if self.floor > lower:
+            lower, source = self.floor, self.floor_source
+        choice = self._incumbent(lp, lower)
+        if choice is not None and rel_gap(self.dense.score_of(choice), lower) > self.gap:
+            choice = self._tabu(choice, choice, lower, start)
+        elif choice is None and lp.x is not None:  # local search found nothing feasible
+            choice = self._tabu(lp.x.argmax(axis=1), None, lower, start)
+        bound, status, nodes = lower, "", 0
+        if choice is not None and rel_gap(self.dense.score_of(choice), bound) <= self.gap:
+            self.n_lp_only += source == "lp"
         else:
             source = "mip"
-            choice, bound, status, nodes = self._branch_and_bound(lp, choice, start)
+            choice, bound, status, nodes = self._branch_and_bound(lp, choice, start, bound)
             if choice is None:
                 return None
         objective = self.table.objective(choice)
         bound = min(bound, objective)
         gap = rel_gap(objective, bound)
-        if not status:  # certified: by the LP bound, or HiGHS proved the (restricted) optimum
+        if not status:  # certified: by a bound, or HiGHS proved the (restricted) optimum
             status = "optimal" if gap <= 1e-6 else "within_gap"
+        if bound > self.floor:
+            self.floor, self.floor_source = bound, source
         self.chosen.append(choice)
         self.pool = [c for c in self.pool if not np.array_equal(c, choice)][-self.pool_size:]
         return Solution(choice=choice.copy(), keys=tuple(self.table.keys(choice)),
                         objective=objective, costs=self.table.totals(choice), status=status,
                         dual_bound=float(bound), gap=float(gap),
-                        time_s=time.perf_counter() - start, bound_source=source, nodes=nodes)
+                        time_s=self.clock() - start, bound_source=source, nodes=nodes)
 
-    def _branch_and_bound(self, lp, choice, start):
+    def _branch_and_bound(self, lp, choice, start, floor):
         """HiGHS on the columns whose reduced cost is below a threshold, widened until certified.
 
         Every column left out has reduced cost above ``theta``, so any architecture using one costs
         more than LB + theta (see :func:`_reduced_cost_fixing`); the certified bound is therefore
-        min(HiGHS's dual bound on the restricted model, LB + theta).  ``theta`` starts at 0 (the LP
-        support: a small model that can only improve the incumbent, given a share of the time),
-        then becomes what certifies the incumbent within the gap, and grows until the restricted
-        optimum is certified or the model is the whole one.
+        min(HiGHS's dual bound on the restricted model, LB + theta), or ``floor`` (a bound already
+        certified) when that is larger.  ``theta`` starts at 0 (the LP support: a small model that
+        can only improve the incumbent, given a share of the time), then becomes what certifies the
+        incumbent within the gap, and grows until the restricted optimum is certified or the model
+        is the whole one.
         """
         value = self.dense.score_of(choice) if choice is not None else math.inf
         if lp.reduced is None or not math.isfinite(lp.bound):  # no LP certificate: plain MIP
@@ -200,9 +244,9 @@ class Engine:
             lower = lp.bound
             theta = 0.0 if choice is not None else self.gap * max(abs(lower), 1e-12)
             top = float(np.max(lp.reduced[np.isfinite(lp.reduced)], initial=0.0))
-        bound, status, nodes, infeasible = lower, "time_limit", 0, False
+        bound, status, nodes, infeasible = max(lower, floor), "time_limit", 0, False
         while True:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             left = self.time_limit - (t0 - start)
             if left <= 1e-3:
                 break
@@ -218,7 +262,7 @@ class Engine:
                 left = min(left, self.polish_share * self.time_limit)
             raw = self.mip.solve(incumbent=choice, time_limit=left, gap=self.gap,
                                  allowed=None if every else allowed)
-            self.timings["mip"] += time.perf_counter() - t0
+            self.timings["mip"] += self.clock() - t0
             self.mip_cols.append(raw.n_cols)
             nodes += raw.nodes
             if (raw.choice is not None and self.dense.score_of(raw.choice) < value
@@ -232,7 +276,7 @@ class Engine:
                                        or (every and raw.status == "optimal")):
                 status = ""
                 break
-            if every or (not solved and time.perf_counter() - start >= self.time_limit - 1e-3):
+            if every or (not solved and self.clock() - start >= self.time_limit - 1e-3):
                 infeasible = raw.status == "infeasible"
                 break  # the whole model was solved, or time ran out
             wanted = (_target(value, self.gap) - lower) if choice is not None else 4 * theta

@@ -119,6 +119,35 @@ class SearchTable:
         """The op family of every candidate (parsed from its key)."""
         return tuple(tuple(_family(k) for k in layer) for layer in self.ops)
 
+    def dominance(self, tables: Sequence[str]) -> np.ndarray:
+        """(N, W, W) booleans, W the widest layer: ``[i, a, b]`` when op a of layer i is no worse
+        than op b in score and in every cost table of ``tables`` and strictly better in one of them
+        (exact ties: the lower index dominates).  It does not depend on the budgets, so it is
+        computed once per set of constrained tables and shared by every search on this table (the
+        targets of a sweep); :class:`lana.search.dense.Dominance` applies it."""
+        key = tuple(tables)
+        if key not in self._dominance:
+            width = max(self.n_ops)
+            rel = np.zeros((self.n_layers, width, width), dtype=bool)
+            for i, s in enumerate(self.scores):
+                idx = np.arange(s.size)
+                le = s[:, None] <= s[None, :]
+                eq = s[:, None] == s[None, :]
+                for name in key:
+                    c = self.costs[name][i]
+                    le &= c[:, None] <= c[None, :]
+                    eq &= c[:, None] == c[None, :]
+                d = le & (~eq | (idx[:, None] < idx[None, :]))
+                np.fill_diagonal(d, False)
+                rel[i, :s.size, :s.size] = d
+            rel.setflags(write=False)
+            self._dominance[key] = rel
+        return self._dominance[key]
+
+    @cached_property
+    def _dominance(self) -> dict[tuple[str, ...], np.ndarray]:
+        return {}
+
     def teacher_choice(self) -> np.ndarray:
         """Index of the teacher op ("teacher" family) in every layer: the teacher architecture."""
         choice = np.empty(self.n_layers, dtype=np.int64)

@@ -106,7 +106,7 @@ def test_multi_table_budgets_all_hold(table46):
 def test_dominance_keeps_an_optimum_and_releases_used_ops():
     t = plain([[0.0, 0.5, 0.6, 0.2]], [[4.0, 1.0, 1.5, 2.0]])  # op 2 is dominated by op 1
     d = Dense.build(t, {"ms": 10.0})
-    dom = Dominance(d)
+    dom = Dominance(d, t.dominance(d.tables))
     assert list(dom.kept[0]) == [True, True, False, True]
     new = dom.protect(np.array([1]))  # op 1 used by an earlier solution: op 2 may be needed now
     assert list(new[0]) == [False, False, True, False]
@@ -159,3 +159,55 @@ def test_verify_rejects_a_misreported_solution():
         verify(t, [replace(good[0], objective=good[0].objective + 1.0)], res.limits, res.max_shared)
     with pytest.raises(SearchError, match="share"):
         verify(t, [good[0], good[0]], res.limits, res.max_shared)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bounds_carry_forward_and_stay_below_the_true_optimum(seed):
+    """Each solve's bound is at least every earlier one's (later feasible sets are subsets), and
+    still no more than the exact optimum of its own problem."""
+    import itertools
+
+    t = tiny(7, 5, seed=40 + seed, correlated=False)
+    res = search(t, Budget("gpu", "0.5x"), k=10, overlap=0.6, gap=0.05)
+    bounds = [s.dual_bound for s in res.solutions]
+    assert all(b2 >= b1 for b1, b2 in zip(bounds, bounds[1:]))
+    grid = np.array(list(itertools.product(*[range(m) for m in t.n_ops])))
+    obj = sum(t.scores[i][grid[:, i]] for i in range(t.n_layers))
+    cost = t.fixed["gpu"] + sum(t.costs["gpu"][i][grid[:, i]] for i in range(t.n_layers))
+    ok = cost <= res.limits["gpu"] * (1 + 1e-9)
+    for s in res.solutions:
+        assert s.dual_bound <= obj[ok].min() + 1e-12
+        ok &= (grid == s.choice).sum(axis=1) <= res.max_shared
+
+
+def test_dominance_relation_is_cached_and_keeps_exactly_the_undominated_ops():
+    t = tiny(8, 12, seed=15, tables=("gpu", "cpu"))
+    rel = t.dominance(("gpu", "cpu"))
+    assert t.dominance(("gpu", "cpu")) is rel and t.dominance(("gpu",)) is not rel
+    limits = {"gpu": 1.3 * t.minimum("gpu"), "cpu": 2.0 * t.minimum("cpu")}
+    d = Dense.build(t, limits)
+    assert not d.valid[:, :12].all()  # the budgets drop some ops: the relation must not care
+    used = np.zeros(d.valid.shape, dtype=bool)
+    used[np.arange(8), np.argmin(np.where(d.valid, d.score, np.inf), axis=1)] = True
+    dom = Dominance(d, rel)
+    dom.protect(used.argmax(axis=1))
+    for i in range(8):
+        for b in np.flatnonzero(d.valid[i]):
+            beaten = False
+            for a in np.flatnonzero(d.valid[i] & ~used[i]):
+                s_a, s_b = t.scores[i][a], t.scores[i][b]
+                c_a = [t.costs[n][i][a] for n in ("gpu", "cpu")]
+                c_b = [t.costs[n][i][b] for n in ("gpu", "cpu")]
+                no_worse = s_a <= s_b and all(x <= y for x, y in zip(c_a, c_b))
+                tie = s_a == s_b and c_a == c_b
+                beaten |= a != b and no_worse and (not tie or a < b)
+            assert dom.kept[i, b] == (not beaten)
+
+
+def test_time_is_measured_on_the_given_clock():
+    ticks = iter(np.arange(0.0, 1e6, 0.25))
+    t = tiny(6, 4, seed=16)
+    res = search(t, Budget("gpu", "0.6x"), k=3, gap=0.0, clock=lambda: float(next(ticks)))
+    assert len(res.solutions) == 3
+    for s in res.solutions:
+        assert s.time_s > 0 and (s.time_s / 0.25) == pytest.approx(round(s.time_s / 0.25))
