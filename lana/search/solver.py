@@ -55,8 +55,15 @@ def check_reachable(table: SearchTable, budgets: Sequence[Budget], limits: dict[
             raise InfeasibleBudgetError(
                 f"budget {b.label()} on {b.table!r} ({limit:.4g}{unit}) is below the smallest "
                 f"total any architecture reaches, {low:.4g}{unit}{rel} (the cheapest op at every "
-                f"layer plus the fixed {table.fixed[b.table]:.4g}{unit}); raise the budget to at "
-                f"least that", minimum)
+                f"layer, {_fixed_text(table.fixed[b.table], unit)}); raise the budget to at least "
+                f"that", minimum)
+
+
+def _fixed_text(fixed: float, unit: str) -> str:
+    """How the fixed part enters a total (negative when a LUT's calibration offset is folded in)."""
+    if fixed >= 0:
+        return f"plus the fixed {fixed:.4g}{unit}"
+    return f"with the LUT's calibration applied (fixed part and offset {fixed:.4g}{unit})"
 
 
 def _validate_options(k: int, overlap: float, gap: float, time_limit: float,
