@@ -6,6 +6,13 @@ skeleton (the LUT's ``fixed`` part).  Ops are built with the op registry, put in
 backend takes ONNX, and timed by the ``profilers`` timing core.  An op whose export or build fails
 is recorded as ``{"failed": reason}`` and skipped by the search.
 
+A profile runs in two phases.  First every op still to be measured gets its ONNX file (when the
+backend takes ONNX): built, exported into the cache, or found there; with ``jobs > 1`` this runs in
+worker processes, one torch thread each, and nothing is timed meanwhile.  Then the ops are timed one
+after another in this process, with nothing else of the profiler's running.  The machine's load is
+sampled before timing starts and every half minute after (``profilers.load``): a LUT measured beside
+other work gets a one-line warning and is marked in ``device.seen.load``.
+
 Entries are saved as they are measured (a journal line per entry, the LUT file rewritten atomically
 every few entries and on Ctrl-C), so an interrupted profile continues with ``resume=True`` and
 re-measures nothing.
@@ -14,6 +21,7 @@ re-measures nothing.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 import sys
@@ -43,12 +51,18 @@ class ProfileReport:
     failed: int = 0  # recorded as failed in this call
     noisy: int = 0  # measured in this call and still noisy after re-measurement
     wall_s: float = 0.0  # the whole call, pool building included
-    loop_s: float = 0.0  # the measuring loop: build + export + activate + measure, all ops
+    setup_s: float = 0.0  # teacher, pool and LUT file set-up, before the first op
+    prepare_s: float = 0.0  # the export phase: every op's ONNX file made or found (wall)
+    loop_s: float = 0.0  # the timing loop: activate + measure + write, all ops
     timed_s: float = 0.0  # inside timed iterations (warm-up excluded)
     measure_s: float = 0.0  # inside Timer.measure (warm-up included)
-    export_s: float = 0.0  # ONNX export (cache hits are near zero)
+    export_s: float = 0.0  # ONNX export and cache look-up, summed over processes
     activate_s: float = 0.0  # session / engine creation
-    build_s: float = 0.0  # creating op modules
+    build_s: float = 0.0  # creating op modules, summed over processes
+    write_s: float = 0.0  # journal lines and LUT file rewrites
+    jobs: int = 1  # processes of the export phase
+    exported: int = 0  # ONNX files written in this call (the others were in the cache)
+    load: dict[str, Any] = field(default_factory=dict)  # the machine's load (profilers.load)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,39 +171,191 @@ def _open_lut(out: Path, header: dict[str, Any], layers: list[dict[str, Any]], s
     return lut
 
 
+PARALLEL_MIN_OPS = 200  # with jobs=None, an export phase this large gets one worker per CPU
+
+
+def resolve_jobs(jobs: int | None, ops: int) -> int:
+    """Processes for the export phase of ``ops`` ops: ``jobs`` as given, or (``None``) one per usable
+    CPU when there are at least :data:`PARALLEL_MIN_OPS` (starting a worker costs seconds), else 1."""
+    if jobs is not None:
+        if int(jobs) < 1:
+            raise ProfileError(f"--jobs must be >= 1, got {jobs}")
+        return int(jobs)
+    from profilers.system import usable_cpus
+
+    cpus = len(usable_cpus())
+    return cpus if cpus > 1 and ops >= PARALLEL_MIN_OPS else 1
+
+
+def _input_shape(t, key: str | None, batch_size: int) -> tuple[int, ...]:
+    return (batch_size, *(t.input_shape if key is None else parse_key(key).in_shape))
+
+
+def _build(t, key: str | None, owner: dict[str, int], batch_size: int):
+    """The deployed module for ``key`` (``None``: the skeleton); LanaError when it cannot be built."""
+    import torch
+
+    from lana.ops import create_op, deploy
+
+    if key is None:
+        return t.skeleton()
+    spec = parse_key(key)
+    torch.manual_seed(key_seed(key))
+    return deploy(create_op(spec, t.layer_module(owner[key]) if spec.family == "teacher" else None))
+
+
+def _prepare(t, key: str | None, owner: dict[str, int], batch_size: int, cache_dir,
+             times: dict[str, float]) -> tuple[str | None, str | None, bool]:
+    """Make sure ``key``'s ONNX file is in the cache: ``(path, None, exported now)`` or
+    ``(None, failure, False)``.  Adds the build and export seconds to ``times``."""
+    import lana.export
+
+    t0 = time.perf_counter()
+    try:
+        module = _build(t, key, owner, batch_size)
+    except LanaError as exc:
+        return None, f"build failed: {exc}", False
+    finally:
+        times["build_s"] = times.get("build_s", 0.0) + time.perf_counter() - t0
+    t1 = time.perf_counter()
+    since = time.time() - 1.0
+    try:
+        path = lana.export.export_onnx(module, _input_shape(t, key, batch_size), cache_dir=cache_dir)
+    except LanaError as exc:
+        return None, f"export failed: {exc}", False
+    finally:
+        times["export_s"] = times.get("export_s", 0.0) + time.perf_counter() - t1
+    try:
+        exported = path.stat().st_mtime >= since
+    except OSError:
+        exported = False
+    return str(path), None, exported
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(teacher: str, selector: str | None, input_shape: str | None, state: dict,
+                 owner: dict[str, int], batch_size: int, cache_dir) -> None:
+    """An export worker: one torch thread, the teacher rebuilt with the caller's exact weights."""
+    import signal
+
+    import torch
+
+    from lana.teachers import create_teacher
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the phase ends
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = create_teacher(teacher, selector=selector, input_shape=input_shape, pretrained=False)
+    t.model.load_state_dict(state)
+    _WORKER.update(teacher=t, owner=owner, batch_size=batch_size, cache_dir=cache_dir)
+
+
+def _worker_prepare(key: str | None) -> tuple[str | None, str | None, str | None, bool, dict]:
+    times: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path, failure, exported = _prepare(_WORKER["teacher"], key, _WORKER["owner"],
+                                           _WORKER["batch_size"], _WORKER["cache_dir"], times)
+    return key, path, failure, exported, times
+
+
+def _prepare_all(keys: list[str | None], t, owner: dict[str, int], batch_size: int, cache_dir,
+                 jobs: int, teacher_args: tuple, report: ProfileReport,
+                 advance: Callable[[], None] | None
+                 ) -> dict[str | None, tuple[str | None, str | None]]:
+    """The export phase: every key's ONNX path (or failure), in ``jobs`` processes."""
+    done: dict[str | None, tuple[str | None, str | None]] = {}
+
+    def take(key, path, failure, exported, times) -> None:
+        done[key] = (path, failure)
+        report.exported += int(exported)
+        report.build_s += times.get("build_s", 0.0)
+        report.export_s += times.get("export_s", 0.0)
+        if advance is not None:
+            advance()
+
+    if jobs > 1 and len(keys) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        teacher, selector, input_shape = teacher_args
+        pool = ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+            initargs=(teacher, selector, input_shape, t.model.state_dict(), owner, batch_size,
+                      cache_dir))
+        chunk = max(1, min(16, len(keys) // (4 * jobs)))
+        try:
+            for result in pool.map(_worker_prepare, keys, chunksize=chunk):
+                take(*result)
+        except BrokenProcessPool:
+            pass  # a worker died (out of memory, a crash in an exporter): the rest is done here
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for key in keys:
+        if key not in done:
+            times: dict[str, float] = {}
+            take(key, *_prepare(t, key, owner, batch_size, cache_dir, times), times)
+    return done
+
+
 def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.PathLike[str] | None = None,
             batch_size: int | None = None, resume: bool = False, force: bool = False,
             shard: str | tuple[int, int] | None = None, selector: str | None = None,
             input_shape: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-            keep_samples: bool = False, flush_every: int = 16,
+            keep_samples: bool = False, flush_every: int = 16, jobs: int | None = None,
+            load_check_s: float = 30.0,
             on_progress: Callable[[int, int, str], None] | None = None,
             progress: bool = False) -> ProfileReport:
     """Profile ``teacher``'s ``pool`` on device preset ``device`` into the LUT file ``out``.
 
     ``shard`` ("i/n") measures a stable 1/n share of the ops (merge shards with ``lana lut merge``);
     the skeleton goes with shard 1.  ``resume`` continues an existing file made with the same
-    settings; without it (or ``force``) an existing file is refused.  ``on_progress(done, total,
-    key)`` is called after each entry; ``progress`` shows a rich progress bar with an ETA.
+    settings; without it (or ``force``) an existing file is refused.  ``jobs`` is the number of
+    processes that export the ONNX files before timing starts (``None``: one per CPU for large
+    profiles, see :func:`resolve_jobs`); timing itself always runs alone in this process.  The
+    machine's load is checked before timing and every ``load_check_s`` seconds; a busy machine
+    gets a warning (once) and is recorded in the LUT.  ``on_progress(done, total, key)`` is called
+    after each entry; ``progress`` shows a rich progress bar with an ETA.
     """
     start = time.perf_counter()
     if resume and force:
         raise ProfileError("--resume and --force contradict each other; pass one")
+    if jobs is not None:
+        resolve_jobs(jobs, 0)  # a bad value fails before any work
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
     preset = _load_preset(device, batch_size)
     out_path = Path(out) if out is not None else default_out(preset.name, teacher, pool)
     if not (resume or force) and (out_path.exists() or journal_path(out_path).exists()):
         raise ProfileError(f"{out_path} already exists; add --resume to continue it or --force to "
                            f"overwrite it")
+    from profilers.load import LoadMonitor, merge_load
+
+    # Its first window runs from here to the first timed op: the machine's load before timing.
+    monitor = LoadMonitor((preset.resolved_threads() or 1) if preset.device == "cpu" else 1,
+                          check_every_s=load_check_s)
     report = ProfileReport(out=out_path)
+    bar: _ProgressBar | None = None
+
+    def warn(message: str) -> None:
+        report.warnings.append(message)
+        if bar is not None:
+            from rich.markup import escape
+
+            bar.console.print(f"[yellow]warning:[/] {escape(message)}")
+        else:
+            print(f"warning: {message}", file=sys.stderr)
+
     hw = preset.hardware_warning()
     if hw:
-        report.warnings.append(hw)
-        print(f"warning: {hw}", file=sys.stderr)
+        warn(hw)
 
     import torch
 
-    from lana.export import export_onnx
-    from lana.ops import POOLS, create_op, deploy
+    from lana.ops import POOLS
     from lana.pool import build_pool
     from lana.teachers import create_teacher
     from profilers import BuildError, ProfilerError, get_backend
@@ -223,6 +389,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
         header = _header(preset, t, pool, selector, shard_t)
         lut = _open_lut(out_path, header, layers, seen_machine(gpu=preset.device == "cuda"), info,
                         resume=resume, force=force, command=command)
+        previous_load = (lut.device.get("seen") or {}).get("load")
         writer = LutWriter(lut, out_path, every=flush_every)
         for key, reason in pool_failed.items():
             if in_shard(key, shard_t) and key not in lut.entries:
@@ -236,31 +403,30 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
         if (shard_t is None or shard_t[0] == 1) and (lut.fixed is None or "failed" in lut.fixed):
             todo.append(None)  # the skeleton, measured last
         total = len(todo)
+        report.setup_s = time.perf_counter() - start
+
+        def record_load() -> None:
+            report.load = merge_load(previous_load, monitor.to_dict())
+            seen = lut.device.get("seen")
+            if not isinstance(seen, dict):
+                seen = lut.device["seen"] = {}
+            seen["load"] = report.load
 
         def measure_one(key: str | None) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            try:
-                if key is None:
-                    module, shape = t.skeleton(), (preset.batch_size, *t.input_shape)
-                else:
-                    spec = parse_key(key)
-                    torch.manual_seed(key_seed(key))
-                    module = create_op(spec, t.layer_module(owner[key]) if spec.family == "teacher"
-                                       else None)
-                    module = deploy(module)
-                    shape = (preset.batch_size, *spec.in_shape)
-            except LanaError as exc:
-                return {"failed": f"build failed: {exc}"}
-            t1 = time.perf_counter()
-            report.build_s += t1 - t0
-            model: Any = module
+            shape = _input_shape(t, key, preset.batch_size)
             if backend_cls.accepts == "onnx":
+                path, failure = prepared[key]
+                if failure is not None:
+                    return {"failed": failure}
+                model: Any = Path(path)
+            else:
+                t0 = time.perf_counter()
                 try:
-                    model = export_onnx(module, shape, cache_dir=cache_dir)
+                    model = _build(t, key, owner, preset.batch_size)
                 except LanaError as exc:
-                    return {"failed": f"export failed: {exc}"}
+                    return {"failed": f"build failed: {exc}"}
                 finally:
-                    report.export_s += time.perf_counter() - t1
+                    report.build_s += time.perf_counter() - t0
             backend = backend_cls(model, shape, config)
             try:
                 with backend:
@@ -278,14 +444,37 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
             report.noisy += int(m.noisy)
             return m.to_dict(samples=keep_samples)
 
-        bar = _ProgressBar(total, str(out_path)) if progress and total else None
-        loop_start = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # building and exporting ops; backends set their own threads
+        loop_start = None
         try:
+            prepared: dict[str | None, tuple[str | None, str | None]] = {}
+            if backend_cls.accepts == "onnx" and todo:
+                report.jobs = resolve_jobs(jobs, len(todo))
+                prepare_start = time.perf_counter()
+                if progress:
+                    bar = _ProgressBar(len(todo), str(out_path), title="exporting")
+                try:
+                    prepared = _prepare_all(todo, t, owner, preset.batch_size, cache_dir,
+                                            report.jobs, (teacher, selector, input_shape), report,
+                                            None if bar is None else lambda: bar.advance(""))
+                finally:
+                    if bar is not None:
+                        bar.close()
+                        bar = None
+                    report.prepare_s = time.perf_counter() - prepare_start
+
+            bar = _ProgressBar(total, str(out_path)) if progress and total else None
+            message = monitor.start()  # the load before timing; waits if set-up was very short
+            if message:
+                warn(message)
+            record_load()
+            loop_start = time.perf_counter()
             for done, key in enumerate(todo, 1):
                 entry = measure_one(key)
+                t_write = time.perf_counter()
                 writer.add(key, entry)
+                report.write_s += time.perf_counter() - t_write
                 if "failed" in entry:
                     report.failed += 1
                     msg = f"{key or 'skeleton'}: {entry['failed']}"
@@ -296,16 +485,30 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
                         bar.console.print(f"[yellow]failed[/] {escape(msg)}")
                 else:
                     report.measured += 1
+                checks = monitor.checks
+                message = monitor.check()
+                if message:
+                    warn(message)
+                if monitor.checks != checks:
+                    record_load()
                 if bar is not None:
                     bar.advance(key or "skeleton")
                 if on_progress is not None:
                     on_progress(done, total, key or "skeleton")
         finally:
             torch.set_num_threads(threads)
+            if monitor.checks:
+                message = monitor.finish()
+                if message:
+                    warn(message)
+                record_load()
+            t_write = time.perf_counter()
             writer.flush()  # on success, Ctrl-C or any error: nothing measured is lost
+            report.write_s += time.perf_counter() - t_write
             if bar is not None:
                 bar.close()
-            report.loop_s = time.perf_counter() - loop_start
+            if loop_start is not None:
+                report.loop_s = time.perf_counter() - loop_start
             report.wall_s = time.perf_counter() - start
         return report
 
@@ -313,13 +516,13 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
 class _ProgressBar:
     """A rich progress bar with rate and ETA on stderr."""
 
-    def __init__(self, total: int, label: str) -> None:
+    def __init__(self, total: int, label: str, title: str = "profiling") -> None:
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         self.console = Console(stderr=True)
-        self.progress = Progress(TextColumn("[bold]profiling[/]"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"[bold]{title}[/]"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  TextColumn("{task.fields[op]}"), console=self.console,
                                  transient=False)

@@ -78,6 +78,9 @@ def test_profile_writes_a_complete_versioned_lut(tmp_path, demo_pool):
     assert lut.device["backend_info"]["graph_optimization_level"] == "all"
     assert lut.protocol["min_iters"] == 3 and lut.data["shard"] == SHARD
     assert not journal_path(out).exists()
+    load = lut.device["seen"]["load"]  # the machine's load while timing, recorded with the LUT
+    assert load == report.load and load["threads"] == 1 and load["cpus"] >= 1
+    assert load["checks"] >= 1 and isinstance(load["busy"], bool) and "others_peak" in load
 
 
 def test_existing_file_is_refused_without_resume_or_force(tmp_path):
@@ -241,3 +244,66 @@ def test_devices_command_lists_presets_and_why_not(capsys):
         assert devices["trt"]["reason"]
     assert cli_main(["devices"]) == 0
     assert "cpu-ort" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ busy machine, export phase
+def _busy_counters(cpus=None):
+    """A machine whose every CPU is kept busy by other processes, load average 5.3."""
+    from profilers.load import Counters
+
+    now = time.monotonic()
+    return Counters(time_s=now, busy_s=len(cpus or (0, 1)) * now, niced_s=0.0, own_s=0.0,
+                    loadavg=5.3, own_niced=False)
+
+
+def test_busy_machine_is_warned_about_once_and_recorded(tmp_path, monkeypatch, capsys):
+    import profilers.load
+
+    out = tmp_path / "demo.json"
+    tiny = preset(tmp_path)
+
+    def stop_after_three(done, total, key):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # an idle first run, interrupted
+        profile(tiny, "demo", pool="small", out=out, shard=SHARD, on_progress=stop_after_three)
+    monkeypatch.setattr(profilers.load, "read_counters", _busy_counters)
+    capsys.readouterr()
+    report = profile(tiny, "demo", pool="small", out=out, shard=SHARD, resume=True, load_check_s=0.0)
+    busy = [w for w in report.warnings if "while profiling" in w]
+    assert len(busy) == 1 and busy[0].startswith("load 5.3 on ")
+    assert "latencies will be inflated; profile on an idle machine" in busy[0]
+    assert capsys.readouterr().err.count("while profiling") == 1  # printed once, on one line
+    load = Lut.load(out).device["seen"]["load"]
+    assert load["busy"] and load["busy_checks"] > 1 and load["warning"] == busy[0]
+    assert load["start"] == 5.3 and load["others_peak"] > 0 and len(load["earlier"]) == 1
+    assert cli_main(["lut", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "BUSY: latencies inflated" in shown and "2 runs" in shown
+    # A LUT made before loads were recorded still loads and says so.
+    data = json.loads(out.read_text())
+    del data["device"]["seen"]["load"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    assert cli_main(["lut", "show", str(old)]) == 0
+    assert "load     not recorded" in capsys.readouterr().out
+
+
+def test_export_phase_in_worker_processes_makes_the_files_timing_uses(tmp_path, demo_pool):
+    cache = tmp_path / "onnx"
+    tiny = preset(tmp_path)
+    a = profile(tiny, "demo", pool="small", out=tmp_path / "a.json", shard=SHARD, cache_dir=cache,
+                jobs=2)
+    assert a.jobs == 2 and a.exported == a.total + 1 and a.failed == 0
+    assert a.measured == a.total + 1 and a.build_s > 0 and a.export_s > 0 and a.prepare_s > 0
+    lut = Lut.load(tmp_path / "a.json")
+    assert set(lut.entries) == set(shard_keys(demo_pool[1])) and lut.fixed_ms > 0
+    # The workers built the very modules this process builds (teacher weights included): a run in
+    # one process finds every file in the cache and exports nothing.
+    files = set(cache.iterdir())
+    b = profile(tiny, "demo", pool="small", out=tmp_path / "b.json", shard=SHARD, cache_dir=cache,
+                jobs=1)
+    assert b.jobs == 1 and b.exported <= 1 and set(cache.iterdir()) == files  # the skeleton may differ
+    with pytest.raises(ProfileError, match="--jobs must be >= 1"):
+        profile(tiny, "demo", pool="small", out=tmp_path / "c.json", jobs=0)

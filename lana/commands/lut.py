@@ -1,6 +1,6 @@
 """Inspect and combine latency LUTs: show one, diff two, merge the shards of one profile.
 
-    lana lut show luts/cpu-ort/demo.json        # device, protocol, coverage, noisy, extremes, families
+    lana lut show luts/cpu-ort/demo.json        # device, load, protocol, coverage, noisy, extremes, families
     lana lut diff A.json B.json                 # op by op: ratio B/A, who is faster, per family
     lana lut merge part1.json part2.json --out full.json
 """
@@ -45,7 +45,20 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g} ms"
 
 
+def load_of(device: dict[str, Any]) -> dict[str, Any] | None:
+    """The machine's load while a LUT was measured (``device.seen.load``); for merged shards, the
+    busiest shard's.  None for LUTs made before loads were recorded."""
+    seens = [device.get("seen"), *device.get("seen_shards", [])]
+    loads = [seen.get("load") for seen in seens if isinstance(seen, dict)]
+    loads = [load for load in loads if isinstance(load, dict)]
+    if not loads:
+        return None
+    return max(loads, key=lambda load: (bool(load.get("busy")), load.get("others_peak") or 0.0))
+
+
 def format_summary(s: dict[str, Any]) -> str:
+    from profilers.load import describe_load
+
     dev, proto = s["device"], s["protocol"]
     seen = dev.get("seen") or {}
     lines = [
@@ -54,6 +67,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{dev.get('precision')}, batch {dev.get('batch_size')}, threads {dev.get('threads')}",
         f"ran on   {seen.get('cpu')}" + (f", {seen['gpu']} (driver {seen.get('driver')})" if seen.get("gpu") else "")
         + "".join(f", {lib} {seen[lib]}" for lib in ("onnxruntime", "torch", "tensorrt") if seen.get(lib)),
+        f"load     {describe_load(s.get('load', load_of(dev)))}",
         f"protocol warm-up {proto.get('warmup_s')} s / {proto.get('warmup_iters')} it, then >= "
         f"{proto.get('min_iters')} it and >= {proto.get('min_time_s')} s, {proto.get('statistic')}, "
         f"noise > {proto.get('noise_threshold')} IQR/median re-measured",
@@ -98,6 +112,7 @@ def run_show(args: argparse.Namespace) -> int:
     from lana.lut import Lut, summarize
 
     s = summarize(Lut.load(args.lut, check_fingerprint=False), top=args.top)
+    s["load"] = load_of(s["device"])
     print(json.dumps(s, indent=1) if args.json else format_summary(s))
     return 0
 

@@ -5,6 +5,9 @@ LUT's fixed part), with the device preset's backend, precision, batch size, thre
 (see `lana devices`).  Entries are saved as they are measured; after Ctrl-C or a kill, run the same
 command with --resume and nothing is measured twice.  Ops whose export or engine build fails are
 recorded as failed and skipped by the search.  Shards (--shard i/n) are joined with `lana lut merge`.
+ONNX files are exported before timing starts (--jobs processes); the ops are then timed one at a time.
+The machine's load is checked before and during timing: profiling beside other work inflates every
+latency, so a busy machine is warned about and recorded in the LUT (`lana lut show`).
 
     lana-profile --device cpu-ort --teacher demo --pool small --out luts/cpu-ort/demo-small.json
 """
@@ -39,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
     p.add_argument("--cache-dir", help="ONNX export cache (default: $LANA_CACHE_DIR or ~/.cache/lana)")
     p.add_argument("--keep-samples", action="store_true", help="store raw samples in every entry")
+    p.add_argument("--jobs", type=int,
+                   help="processes exporting ONNX files before timing starts (default: one per CPU "
+                        "for 200 ops or more, else 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
 
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         report = profile(args.device, args.teacher, pool=args.pool, out=args.out,
                          batch_size=args.batch_size, resume=args.resume, force=args.force,
                          shard=args.shard, selector=args.selector, input_shape=args.input_shape,
-                         cache_dir=args.cache_dir, keep_samples=args.keep_samples,
+                         cache_dir=args.cache_dir, keep_samples=args.keep_samples, jobs=args.jobs,
                          progress=not args.quiet and sys.stderr.isatty())
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     rate = report.measured / (report.loop_s / 60) if report.loop_s > 0 else 0.0
     print(f"{report.out}: {report.measured} measured, {report.reused} already there, "
           f"{report.failed} failed, {report.noisy} noisy (of {report.total} ops and the skeleton) "
-          f"in {report.wall_s:.0f} s ({rate:.0f} ops/min)")
+          f"in {report.wall_s:.0f} s ({rate:.0f} ops/min)"
+          + ("; the machine was busy: see the warning above" if report.load.get("busy") else ""))
     return 0
 

@@ -178,3 +178,117 @@ def test_measurement_to_dict_and_sample_option():
     with pytest.raises(ProfilerError):
         Measurement(())
     assert "median 2.5 ms" in repr(m)
+
+
+# ------------------------------------------------------------- the machine's load (busy guard)
+from profilers.load import (Counters, LoadMonitor, LoadReading, describe_load, is_busy, merge_load,
+                            read_counters, reading)
+
+
+def counters(t, busy=None, niced=0.0, own=0.0, loadavg=None, own_niced=False) -> Counters:
+    return Counters(time_s=t, busy_s=busy, niced_s=None if busy is None else niced, own_s=own,
+                    loadavg=loadavg, own_niced=own_niced)
+
+
+def test_reading_subtracts_the_profilers_own_cpu_time_and_sets_niced_work_apart():
+    # 2 s window: 3 CPU-seconds busy in all, 1 of them ours, 0.6 by niced processes.
+    a, b = counters(10.0, 100.0, 5.0, 1.0, 2.5), counters(12.0, 103.0, 5.6, 2.0, 3.5)
+    r = reading(a, b, cpus=2)
+    assert r.source == "proc-stat" and r.window_s == 2.0 and r.loadavg == 3.5
+    assert r.others == pytest.approx((3.0 - 1.0 - 0.6) / 2) and r.background == pytest.approx(0.3)
+    # A niced profiler competes with niced work on equal terms: all of it counts.
+    niced = reading(a, counters(12.0, 103.0, 5.6, 2.0, 3.5, own_niced=True), cpus=2)
+    assert niced.others == pytest.approx(1.0) and niced.background == 0.0
+    # Without /proc/stat the load average stands in, less what the profiler itself used.
+    r = reading(counters(0.0, own=0.0), counters(4.0, own=2.0, loadavg=1.8), cpus=2)
+    assert r.source == "loadavg" and r.others == pytest.approx(1.3)
+    # Neither: unknown, never busy.
+    r = reading(counters(0.0), counters(1.0), cpus=2)
+    assert r.others is None and r.source is None and not is_busy(r, threads=2)
+
+
+@pytest.mark.parametrize("cpus, threads, others, busy", [
+    (2, 2, 0.4, False), (2, 2, 0.6, True), (2, 1, 1.4, False), (2, 1, 1.6, True),
+    (16, 2, 14.4, False), (16, 2, 14.6, True), (2, 4, 0.6, True), (1, 1, 0.49, False)])
+def test_busy_when_other_work_leaves_the_profilers_threads_short(cpus, threads, others, busy):
+    r = LoadReading(1.0, cpus, others, 0.0, 5.3, "proc-stat")
+    assert is_busy(r, threads) is busy
+
+
+class FakeMachine:
+    """Counters of a machine whose other work (in CPUs) follows a script, one value per reading."""
+
+    def __init__(self, others: list[float], cpus: int = 2) -> None:
+        self.others, self.cpus = list(others), cpus
+        self.now, self.busy, self.reads, self.slept = 0.0, 0.0, 0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.now += s
+
+    def read(self) -> Counters:
+        self.reads += 1
+        return counters(self.now, self.busy, own=0.0, loadavg=1.0 + self.busy / max(self.now, 1))
+
+    def advance(self, seconds: float) -> None:
+        """Time passes with the next scripted amount of other work."""
+        self.busy += self.others.pop(0) * seconds
+        self.now += seconds
+
+
+def test_load_monitor_warns_once_and_records_start_end_and_peak():
+    m = FakeMachine([0.1, 0.2, 1.5, 1.8, 0.3])
+    mon = LoadMonitor(2, cpus=[0, 1], check_every_s=30.0, min_window_s=0.5, read=m.read,
+                      clock=m.clock, sleep=m.sleep)
+    m.busy += 0.1 * 0.2  # 0.2 s of set-up before the first op: the window is topped up to 0.5 s
+    m.others.pop(0)
+    m.now += 0.2
+    assert mon.start() is None and m.slept == [pytest.approx(0.3)]
+    assert mon.first.others == pytest.approx(0.2 * 0.1 / 0.5)
+    m.advance(10.0)  # only 10 s since the last reading: no new reading yet
+    reads = m.reads
+    assert mon.check() is None and m.reads == reads
+    m.advance(25.0)  # 35 s since the last reading, 1.5 CPUs of other work: busy
+    warning = mon.check()
+    assert warning and warning.startswith("load ") and "on 2 CPUs while profiling" in warning
+    assert "latencies will be inflated; profile on an idle machine" in warning and "\n" not in warning
+    m.advance(40.0)
+    assert mon.check() is None  # busy again, but the warning is given once
+    m.advance(40.0)
+    assert mon.finish() is None
+    d = mon.to_dict()
+    assert d["busy"] and d["busy_checks"] == 2 and d["checks"] == 4 and d["warning"] == warning
+    assert d["others_peak"] == pytest.approx(1.8) and d["others_end"] == pytest.approx(0.3)
+    assert d["cpus"] == 2 and d["threads"] == 2 and d["source"] == "proc-stat"
+    assert "BUSY" in describe_load(d)
+
+
+def test_idle_machine_gives_no_warning_and_a_resumed_run_keeps_an_earlier_busy_one():
+    m = FakeMachine([0.05, 0.1])
+    mon = LoadMonitor(2, cpus=[0, 1], read=m.read, clock=m.clock, sleep=m.sleep)
+    m.advance(2.0)
+    assert mon.start() is None and m.slept == []  # the window was long enough already
+    m.advance(5.0)
+    assert mon.finish() is None
+    idle = mon.to_dict()
+    assert not idle["busy"] and idle["warning"] is None and "idle enough" in describe_load(idle)
+    earlier = {**idle, "busy": True, "warning": "load 5.3 on 2 CPUs ...", "others_peak": 1.7}
+    merged = merge_load(earlier, idle)
+    assert merged["busy"] and merged["warning"] == earlier["warning"]
+    assert merged["others_peak"] == 1.7 and len(merged["earlier"]) == 1
+    assert "2 runs" in describe_load(merged)
+    assert merge_load(None, idle) == idle
+    assert describe_load(None).startswith("not recorded")
+
+
+def test_counters_of_this_machine_are_sane():
+    a = read_counters()
+    sum(i * i for i in range(200_000))  # some CPU time of our own
+    b = read_counters()
+    assert b.time_s > a.time_s and b.own_s >= a.own_s > 0
+    r = reading(a, b, cpus=2)
+    if a.busy_s is not None:  # Linux
+        assert b.busy_s >= a.busy_s and r.source == "proc-stat" and r.others >= 0
