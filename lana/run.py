@@ -328,8 +328,8 @@ class Pipeline:
 
     def _calibrate(self, target: Path) -> dict:
         """Fit the LUT to end-to-end measurements of architectures of the run's pool, unless it
-        already carries a calibration for that pool (a LUT's sum counts every op's per-call
-        overhead once per op, which the assembled network pays only once)."""
+        already carries a calibration for that pool (each LUT entry pays a call and layout
+        conversions at the op's input and output, which the assembled network pays only once)."""
         from lana.lut import Lut
 
         c = self.config
@@ -350,12 +350,13 @@ class Pipeline:
             return {"calibration": "kept"}
         from lana.calibrate import calibrate
 
-        with self.console.status(f"calibrating the LUT: {c.calibrate} architectures of the "
+        samples = max(6, c.calibrate)  # a third is held out to report on
+        with self.console.status(f"calibrating the LUT: {samples} architectures of the "
                                  f"{c.pool} pool measured end to end"):
-            rep = calibrate(target, c.device, teacher=c.teacher, samples=max(6, c.calibrate),
-                            seed=c.seed, pool=c.pool)
+            rep = calibrate(target, c.device, teacher=c.teacher, samples=samples, seed=c.seed,
+                            pool=c.pool)
         cal = Lut.load(target, teacher=c.teacher).calibration or {}
-        self.console.print(f"calibrated the LUT ({rep.fit.name}) on {c.calibrate} architectures: "
+        self.console.print(f"calibrated the LUT ({rep.fit.name}) on {samples} architectures: "
                            f"held-out error {_held_out_text(cal)}")
         return {"calibration": "fitted", "calibration_s": round(rep.seconds, 1)}
 

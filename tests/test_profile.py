@@ -183,10 +183,17 @@ def _entries_now(out: Path) -> dict:
     return dict(lut.entries)
 
 
+def _default_sigint() -> None:
+    # A shell that starts the test run in the background (`... &`) ignores SIGINT, and a child
+    # inherits that; Python then never raises KeyboardInterrupt.  Give the child the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen([sys.executable, "-m", "lana", "profile", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(out: Path, proc: subprocess.Popen, count: int, timeout: float = 120.0) -> None:
