@@ -297,6 +297,18 @@ def _tensor_split(x: torch.Tensor, y: torch.Tensor, what: str, shift: int) -> Sp
     return Split(x.float(), y.long(), None, len(x), shift)
 
 
+def progress_bar(enabled: bool) -> Any:
+    """The training stages' rich progress bar (current task, count, elapsed time, ETA), or None
+    when ``enabled`` is false; enter ``bar or contextlib.nullcontext()``."""
+    if not enabled:
+        return None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
 def iter_batches(split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  epoch: int = 0, rank: int = 0, world: int = 1, drop_last: bool = False,
                  augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -18,6 +18,7 @@ Writes ``<out>/student.pt`` (the architecture and state_dict, readable by
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -40,7 +41,7 @@ from lana.defaults import (
     FINETUNE_KD_WEIGHT as DEFAULT_KD_WEIGHT,
 )
 from lana.distributed import (Split, autocast, barrier, grad_scaler, iter_batches, num_batches,
-                              place, place_module, setup, teardown)
+                              place, place_module, progress_bar, setup, teardown)
 from lana.errors import LanaError
 
 if TYPE_CHECKING:
@@ -195,9 +196,9 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             model = DDP(student, device_ids=[dev.index] if dev.type == "cuda" else None)
-        bar = _progress(progress and info.is_main)
+        bar = progress_bar(progress and info.is_main)
         start = time.perf_counter()
-        with (bar if bar is not None else _Null()):
+        with (bar if bar is not None else contextlib.nullcontext()):
             task = (bar.add_task("fine-tuning", total=(epochs - first_epoch) * per_epoch)
                     if bar is not None else None)
             for epoch in range(first_epoch, epochs):
@@ -290,24 +291,6 @@ def _restore(path: Path, student: nn.Module, opt, sched, scaler, arch: "Architec
         raise FinetuneError(f"checkpoint {path} does not fit this run ({type(exc).__name__}); "
                             f"delete it or pass a fresh --out") from exc
     return int(ck["epoch"]), {k: list(v) for k, v in ck["history"].items()}
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 __all__ = ["CHECKPOINT", "DEFAULT_EPOCHS", "FinetuneError", "finetune", "kd_loss", "top1"]

@@ -32,6 +32,7 @@ gradients at every step for the same result.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -52,8 +53,8 @@ from lana.defaults import (
     PRETRAIN_LR as DEFAULT_LR,
 )
 from lana.distributed import (Split, all_gather_objects, as_split, autocast, barrier,
-                              grad_scaler, iter_batches, num_batches, place, place_module, setup,
-                              shard_balanced, teardown)
+                              grad_scaler, iter_batches, num_batches, place, place_module,
+                              progress_bar, setup, shard_balanced, teardown)
 from lana.errors import LanaError
 from lana.spec import OpSpec
 
@@ -381,17 +382,6 @@ def _describe(items: Sequence[WorkItem]) -> str:
     return f"{span}: " + ", ".join(f"{n}x{f}" for f, n in fams.items())
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                    transient=False)
-
-
 def train_ops(teacher: "Teacher", items: Sequence[WorkItem], train: Split, *, epochs: int,
               batch_size: int, lr: float, weight_decay: float, device: torch.device,
               seed: int = 0, pass_index: int = 0,
@@ -582,8 +572,8 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
 
         start = time.perf_counter()
         done: dict[tuple[int, str], dict] = {}
-        bar = _progress(progress and info.is_main)
-        with (bar if bar is not None else _Null()):
+        bar = progress_bar(progress and info.is_main)
+        with (bar if bar is not None else contextlib.nullcontext()):
             task = bar.add_task("distilling", total=steps) if bar is not None else None
             for p, items in enumerate(passes):
                 label = f"pass {p + 1}/{n_passes} · {len(items)} ops · {_describe(items)}"
@@ -629,14 +619,6 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
         return manifest
     finally:
         teardown(info)
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _manifest(base: dict, pools: list, status: dict, *, complete: bool) -> dict:

@@ -26,6 +26,7 @@ Scores file (``lana.scores/1``, JSON)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -41,7 +42,8 @@ from lana.defaults import (
     SCORE_SAMPLES as DEFAULT_SAMPLES,
     SCORE_BATCH_SIZE as DEFAULT_BATCH_SIZE,
 )
-from lana.distributed import iter_batches, place, place_module, resolve_device
+from lana.distributed import (iter_batches, place, place_module, progress_bar,
+                              resolve_device)
 from lana.errors import LanaError
 
 if TYPE_CHECKING:
@@ -186,9 +188,9 @@ def score(pretrain: str | Path | None, teacher: "str | Teacher", pool: str = "sm
     reuse = ReuseNetwork(t) if method == "reuse" else None
     stack_limit = _stack_limit(t, batch_size)
     start = time.perf_counter()
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     n_batches = math.ceil(n / batch_size)
-    ctx = bar if bar is not None else _Null()
+    ctx = bar if bar is not None else contextlib.nullcontext()
     with ctx, torch.inference_mode():
         task = bar.add_task("scoring", total=n_batches * n_ops) if bar is not None else None
         for x, y in iter_batches(scoring, batch_size):
@@ -287,24 +289,6 @@ def read_scores(path: str | Path, *, teacher: "str | Teacher | None" = None,
         raise ScoreError(f"{path} scores the {data.get('pool')!r} pool, not {pool!r}; pass "
                          f"--pool {data.get('pool')} or re-score")
     return data
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 __all__ = ["DEFAULT_SAMPLES", "ReuseNetwork", "SCHEMA", "ScoreError", "read_scores", "score"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from profilers.backends import BackendConfig, get_backend
+from profilers.backends.base import _freeze
 from profilers.errors import PresetError, ProfilerError, UnknownPresetError
 from profilers.system import cpu_model, gpu_info, physical_cores
 from profilers.timing import Protocol
@@ -102,14 +103,6 @@ def _thaw(value: Any) -> Any:
         if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
             return {k: _thaw(v) for k, v in value}
         return [_thaw(v) for v in value]
-    return value
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     return value
 
 
