@@ -16,7 +16,7 @@ from lana.errors import LanaError
 
 COMMANDS = (
     "teachers", "ops", "devices", "profile", "lut", "search",
-    "train_teacher", "pretrain", "score", "select", "finetune",
+    "train_teacher", "pretrain", "score", "verify", "select", "finetune",
     "assemble", "validate", "bench", "run",
 )
 

@@ -111,7 +111,18 @@ def summarize(p: "Pipeline") -> dict[str, Any]:
         "within_budget": val["within_budget"],
         "device": p.config.device, "pool": p.config.pool,
         "top1_drop": round(100 * (metrics["teacher_top1"] - metrics["final_top1"]), 2),
+        **_verification(p),
     }
+
+
+def _verification(p: "Pipeline") -> dict[str, Any]:
+    """What the verify stage measured: candidates that met the budget, re-searches."""
+    path = p.path("verify.json")
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    return {"verified": {"measured": len(doc["measured"]), "passed": doc["passed"],
+                         "researched": doc["researched"], "fallback": doc["fallback"]}}
 
 
 def _layer_rows(p: "Pipeline") -> list[dict[str, Any]]:
@@ -266,6 +277,7 @@ def _markdown(p: "Pipeline", summary: dict, rows: list[dict], val: dict) -> str:
         "",
         "![Pareto front](pareto.png)",
         "",
+        *_verification_text(summary),
         "## Layers",
         "",
         "| # | layer | action | op | teacher op (ms) | chosen op (ms) |",
@@ -277,6 +289,19 @@ def _markdown(p: "Pipeline", summary: dict, rows: list[dict], val: dict) -> str:
     lines += ["", "![layers](layers.png)", "", "## Predicted vs. measured latency", "",
               "![predicted vs measured](predicted_vs_measured.png)", ""]
     return "\n".join(lines)
+
+
+def _verification_text(summary: dict) -> list[str]:
+    v = summary.get("verified")
+    if not v:
+        return []
+    text = (f"Before selection, {v['measured']} candidates were measured end to end; "
+            f"{v['passed']} met the budget")
+    if v["researched"]:
+        text += (f", after {v['researched']} re-search(es) under a limit corrected by the "
+                 f"measured/predicted ratio")
+    text += "." if not v["fallback"] else "; none did, so the fastest measured were kept."
+    return [text, ""]
 
 
 def _budget_text(summary: dict) -> str:

@@ -24,7 +24,8 @@ def finished_run(tiny_device, tmp_path_factory):
 
 def test_pipeline_writes_every_artifact(finished_run):
     out, summary = finished_run
-    for name in ("lut.json", "scores.json", "search.json", "select.json", "finetune/student.pt",
+    for name in ("lut.json", "scores.json", "search.json", "verify.json", "select.json",
+                 "finetune/student.pt",
                  "finetune/metrics.json", "validation.json", "summary.json", "report.md",
                  "teacher_vs_student.png", "pareto.png", "layers.png", "predicted_vs_measured.png"):
         assert (out / name).exists(), name
@@ -94,7 +95,7 @@ def test_new_budget_reruns_from_the_search_and_replaces_stale_artifacts(finished
     after = json.loads((out / "run.json").read_text())["stages"]
     for stage in ("profile", "pretrain", "score"):
         assert after[stage] == before[stage]
-    for stage in ("search", "select", "finetune", "validate", "report"):
+    for stage in ("search", "verify", "select", "finetune", "validate", "report"):
         assert after[stage]["done"] and after[stage]["digest"] != before[stage]["digest"]
     assert summary["budget"] == "0.9x"
     new_arch = json.loads((out / "select.json").read_text())
@@ -135,3 +136,118 @@ def test_infeasible_budget_says_smallest_reachable(finished_run, tiny_device, tm
     with pytest.raises(Exception, match=r"(?i)smallest|cheapest|minimum"):
         search_files(luts=[str(out / "lut.json")], scores=str(out / "scores.json"),
                      budgets=["0.01x"], out=str(tmp_path / "s.json"), k=1, plot=False)
+
+
+# ------------------------------------------------------------------ verify: measured candidates
+
+
+def test_verify_stage_measures_candidates_and_selects_a_passing_one(finished_run):
+    out, summary = finished_run
+    doc = json.loads((out / "verify.json").read_text())
+    assert doc["measured"] and doc["rounds"]
+    for m in doc["measured"]:
+        assert m["measured_ms"] > 0
+        assert m["passed"] == (m["measured_ms"] <= doc["rounds"][m["round"]]["budget_ms"])
+    chosen = json.loads((out / "select.json").read_text())["ops"]
+    assert chosen in [a["ops"] for a in doc["architectures"]]
+    if not doc["fallback"]:
+        assert all(m["passed"] for m in doc["measured"] if m["keys"] == chosen)
+    assert summary["verified"]["measured"] == len(doc["measured"])
+
+
+def _fake_measurements(monkeypatch, factor):
+    """Every candidate measures ``factor(predicted)`` x its calibrated prediction; the teacher
+    measures exactly its prediction."""
+    import lana.calibrate as calibrate
+
+    calls = []
+
+    def fake(archs, lut, preset, **kwargs):
+        calls.append(len(archs))
+        teacher = lut.predict(archs[0])
+        return [(teacher, 0.0)] + [(factor(lut.predict(a)) * lut.predict(a), 0.0)
+                                   for a in archs[1:]]
+
+    monkeypatch.setattr(calibrate, "measure_architectures", fake)
+    return calls
+
+
+def test_verify_searches_again_under_a_corrected_limit(finished_run, tiny_device, monkeypatch,
+                                                       tmp_path):
+    from lana.lut import Lut
+    from lana.select import read_architectures
+    from lana.verify import verify
+
+    out, _ = finished_run
+    lut = Lut.load(out / "lut.json")
+    first = read_architectures(out / "search.json", "0.6x")
+    teacher = lut.predict([layer["ops"][0] for layer in lut.layers])
+    # Every first-round candidate measures just over the budget, so none passes.
+    factor = 1.01 * 0.6 * teacher / min(lut.predict(c.arch.ops) for c in first)
+    calls = _fake_measurements(monkeypatch, lambda pred: factor)
+    doc = verify(out / "search.json", out / "lut.json", tiny_device, "0.6x",
+                 out=tmp_path / "v.json", min_kept=1, rounds=2)
+    r0, r1 = doc["rounds"][0], doc["rounds"][1]
+    assert r0["passed"] == 0 and doc["researched"] >= 1 and len(calls) >= 2
+    # the new limit aims 2 % inside the budget at the measured/predicted ratio (or is the floor)
+    from lana.search.files import load_table
+    from lana.verify import AIM, MIN_SHRINK
+
+    table = load_table(out / "scores.json", [out / "lut.json"])
+    floor = table.minimum(table.table_names[0])
+    assert r0["ratio_q75"] == pytest.approx(factor) and r0["method"] == "ratio"
+    aimed = min(r0["limit_ms"] * (1 - MIN_SHRINK), 0.6 * (1 - AIM) * teacher / factor)
+    assert r1["limit_ms"] == pytest.approx(max(aimed, floor), rel=1e-6)
+    assert r1["limit_ms"] < r0["limit_ms"]
+    assert r1["passed"] >= 1 and not doc["fallback"]
+    assert all(a["measured_ms"] <= 0.6 * teacher * (1 + 1e-9) for a in doc["architectures"])
+    assert json.loads((tmp_path / "v.json").read_text())["passed"] == doc["passed"]
+
+
+def test_verify_keeps_the_fastest_with_a_warning_when_nothing_fits(finished_run, tiny_device,
+                                                                   monkeypatch, tmp_path, capsys):
+    from lana.verify import VerifyWarning, verify
+
+    out, _ = finished_run
+    _fake_measurements(monkeypatch, lambda pred: 50.0)
+    with pytest.warns(VerifyWarning, match="no candidate met the budget"):
+        doc = verify(out / "search.json", out / "lut.json", tiny_device, "0.6x", min_kept=2,
+                     rounds=1)
+    assert doc["fallback"] and doc["passed"] == 0 and len(doc["architectures"]) == 2
+    fastest = sorted(m["measured_ms"] for m in doc["measured"])[:2]
+    assert sorted(a["measured_ms"] for a in doc["architectures"]) == fastest
+    # the command exits 1 and says so
+    code = main(["verify", "--search", str(out / "search.json"), "--lut", str(out / "lut.json"),
+                 "--device", tiny_device, "--budget", "0.6x", "--rounds", "0",
+                 "--out", str(tmp_path / "v.json")])
+    assert code == 1 and "no candidate met the budget" in capsys.readouterr().err
+
+
+def test_verify_missing_search_is_one_line_error(tmp_path, tiny_device, capsys):
+    code = main(["verify", "--search", str(tmp_path / "nope.json"), "--lut", "x.json",
+                 "--device", tiny_device, "--budget", "0.5x", "--out", str(tmp_path / "v.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "does not exist" in err and "\n" not in err
+
+
+def test_verify_secant_step_follows_a_non_proportional_error():
+    from lana.verify import _next_limit
+
+    # measured = 0.2 + 0.5 * predicted exactly, seen in two rounds: the ratio alone would aim too
+    # low or too high; the line lands on the goal.
+    pts = [{"round": r, "x": x, "y": 0.2 + 0.5 * x} for r, xs in ((0, (0.6, 0.62)), (1, (0.4, 0.42)))
+           for x in xs]
+    x, method = _next_limit(pts, 0.45, q75=1.0)
+    assert method == "secant" and x == pytest.approx(0.5)
+    x, method = _next_limit(pts[:2], 0.45, q75=1.5)
+    assert method == "ratio" and x == pytest.approx(0.3)
+
+
+def test_run_command_defaults_are_the_run_config_defaults():
+    from lana.cli import build_parser
+
+    args = build_parser().parse_args(["run"])
+    config = RunConfig()
+    for name in ("teacher", "device", "budget", "pool", "calibrate", "k", "overlap", "seed",
+                 "tolerance", "verify_rounds"):
+        assert getattr(args, name) == getattr(config, name), name

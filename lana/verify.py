@@ -1,0 +1,262 @@
+"""Measure a search's candidates end to end before one is chosen; search again when too few fit.
+
+The search trusts the LUT's prediction.  A calibration fitted on a few dozen networks over the whole
+latency range can still be 10-20 % off for the networks a search lands on, so a candidate predicted
+at the budget may miss it in reality.  :func:`verify` closes that loop on the device itself:
+
+1. every candidate of the budget is assembled and measured end to end with the LUT's backend and
+   protocol, the teacher between them (drift corrected, see
+   :func:`lana.calibrate.measure_architectures`);
+2. a candidate passes when its measured latency meets the budget, a relative budget (``0.5x``)
+   being taken of the teacher measured in the same round;
+3. while fewer than ``min_kept`` pass, the search runs again under a predicted limit corrected by
+   what was measured (:func:`_next_limit`: the measured / predicted ratio after one round, a line
+   through all candidates after more), aiming :data:`AIM` inside the budget, at most ``rounds``
+   times.  For a relative budget both sides are taken relative to the teacher.
+
+The passing architectures (all rounds) go to the selection; every measured one is recorded::
+
+    {"schema": "lana.verify/1", "teacher", "pool", "device", "budget": "0.5x",
+     "budget_ms": the search's predicted limit,
+     "architectures": [{"ops": [...], "objective", "predicted_ms": {table: ms}, "measured_ms",
+                        "measured_ratio", "round", "search_limit_ms"}, ...],  # what select reads
+     "measured": [{"keys": [...], "objective", "predicted_ms", "measured_ms", "measured_ratio",
+                   "spread", "passed", "round", "x", "y"}, ...],    # every candidate measured
+
+(``measured_ratio``: measured / the teacher measured in the same round; ``x`` and ``y``: predicted
+and measured in the budget's frame, i.e. relative to the teacher's prediction and measurement for a
+relative budget, milliseconds otherwise.)
+     "rounds": [{"limit_ms", "found", "passed", "teacher_ms", "budget_ms", "ratio_q75",
+                 "method"}, ...],
+     "passed": N, "researched": R, "fallback": false}
+
+When no candidate passes after the last round, the ``min_kept`` fastest measured ones are kept
+(``fallback``: true) with a warning, so the run goes on and its validation reports the miss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lana.errors import LanaError
+
+VERIFY_SCHEMA = "lana.verify/1"
+MIN_SHRINK = 0.01  # each re-search lowers the predicted limit by at least this share
+AIM = 0.02  # a re-search aims this share inside the budget
+
+
+class VerifyError(LanaError):
+    """A verification request that cannot run (no candidates, unreadable search result)."""
+
+
+class VerifyWarning(UserWarning):
+    """No candidate met the budget in measurement; the fastest measured ones were kept."""
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    pos = q * (len(ordered) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
+           scores: str | Path | None = None, out: str | Path | None = None,
+           min_kept: int = 3, rounds: int = 3, repeats: int = 3, k: int | None = None,
+           overlap: float | None = None,
+           progress: Callable[[str, int, int], None] | None = None,
+           log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure the candidates of ``budget`` in ``search``, search again while too few pass.
+
+    ``scores`` defaults to the scores file the search result names; ``k`` and ``overlap`` to the
+    search's own.  ``progress(label, done, total)`` is called after each measurement; ``log``
+    receives one line per round.  Returns the document described in the module docstring and
+    writes it to ``out`` when given.
+    """
+    from lana.calibrate import measure_architectures
+    from lana.select import read_architectures
+    from lana.validate import open_lut, parse_budget
+
+    if min_kept < 1:
+        raise VerifyError(f"min_kept must be at least 1, got {min_kept}")
+    if rounds < 0:
+        raise VerifyError(f"rounds must be 0 or more, got {rounds}")
+    start = time.perf_counter()
+    doc = _read(search)
+    cands = read_architectures(search, budget)
+    the_lut, preset = open_lut(lut, device, teacher=cands[0].arch.teacher)
+    relative = str(budget).strip().endswith("x")
+    teacher_ops = _teacher_ops(the_lut)
+    teacher_pred = the_lut.predict(teacher_ops)
+    predicted_budget = parse_budget(budget, teacher_pred)
+    limit = cands[0].arch.budget_ms or predicted_budget  # the search's limit (predicted ms)
+    search_budget_ms = limit
+    table_name = None
+    k = int(k or doc.get("k") or len(cands))
+    overlap = float(overlap or doc.get("overlap") or 0.7)
+    scores = scores or doc.get("scores")
+
+    measured: list[dict[str, Any]] = []
+    round_log: list[dict[str, Any]] = []
+    seen: set[tuple[str, ...]] = set()
+    batch = [(tuple(c.arch.ops), c.arch.objective, dict(c.arch.predicted_ms)) for c in cands]
+    for r in range(rounds + 1):
+        batch = [b for b in batch if b[0] not in seen]
+        seen.update(b[0] for b in batch)
+        if not batch:
+            break
+
+        def tick(done: int, total: int, _r: int = r) -> None:
+            if progress is not None:
+                progress(f"round {_r + 1}: measuring {len(batch)} candidates", done, total)
+
+        results = measure_architectures([teacher_ops] + [b[0] for b in batch], the_lut, preset,
+                                        repeats=repeats, progress=tick)
+        teacher_ms = results[0][0]
+        budget_ms = parse_budget(budget, teacher_ms) if relative else predicted_budget
+        # The budget's frame: a relative budget compares each network with the teacher, measured
+        # (this round) and predicted, so a machine running faster or slower as a whole between
+        # rounds does not move the figures.
+        scale_meas, scale_pred = (teacher_ms, teacher_pred) if relative else (1.0, 1.0)
+        for (ops, objective, pred), (ms, spread) in zip(batch, results[1:]):
+            pred_ms = the_lut.predict(ops)
+            measured.append({"keys": list(ops), "objective": objective,
+                             "predicted_ms": pred or {preset.name: pred_ms},
+                             "predicted_calibrated_ms": pred_ms, "measured_ms": ms,
+                             "measured_ratio": ms / teacher_ms, "spread": spread,
+                             "x": pred_ms / scale_pred, "y": ms / scale_meas,
+                             "passed": ms <= budget_ms, "round": r})
+        passed = sum(1 for m in measured if m["passed"])
+        this = [m for m in measured if m["round"] == r]
+        q75 = _quantile([m["y"] / m["x"] for m in this], 0.75)
+        round_log.append({"limit_ms": limit, "found": len(batch),
+                          "passed": sum(1 for m in this if m["passed"]),
+                          "teacher_ms": teacher_ms, "budget_ms": budget_ms, "ratio_q75": q75})
+        if log is not None:
+            log(f"round {r + 1}: {round_log[-1]['passed']} of {len(batch)} candidates within "
+                f"{budget_ms:.4f} ms measured (teacher {teacher_ms:.4f} ms; measured/predicted "
+                f"upper quartile {q75:.3f}{' relative to the teacher' if relative else ''})")
+        if passed >= min(min_kept, len(cands)) or r == rounds:
+            break
+        goal = (budget_ms / scale_meas) * (1 - AIM)
+        x_new, method = _next_limit(measured, goal, q75)
+        round_log[-1]["method"] = method
+        new_limit = min(limit * (1 - MIN_SHRINK), x_new * scale_pred)
+        batch, limit, table_name = _search_again(scores, lut, new_limit, k, overlap,
+                                                 single_shot=bool(doc.get("single_shot")),
+                                                 table_name=table_name, log=log)
+
+    kept = [m for m in measured if m["passed"]]
+    fallback = not kept
+    if fallback:
+        kept = sorted(measured, key=lambda m: m["y"])[:min_kept]  # fastest in the budget's frame
+        warnings.warn(f"no candidate met the budget {budget} in measurement after "
+                      f"{len(round_log)} round(s); keeping the {len(kept)} fastest measured "
+                      f"(re-calibrate the LUT with lana lut calibrate, or raise the budget)",
+                      VerifyWarning, stacklevel=2)
+    result = {
+        "schema": VERIFY_SCHEMA, "teacher": the_lut.teacher, "pool": cands[0].arch.pool,
+        "layer_names": list(cands[0].arch.layer_names), "device": preset.name,
+        "budget": str(budget), "budget_ms": search_budget_ms, "search": str(search),
+        "lut": str(lut),
+        "architectures": [{"ops": m["keys"], "objective": m["objective"],
+                           "predicted_ms": m["predicted_ms"], "measured_ms": m["measured_ms"],
+                           "measured_ratio": m["measured_ratio"], "round": m["round"],
+                           "search_limit_ms": round_log[m["round"]]["limit_ms"]}
+                          for m in kept],
+        "measured": measured, "rounds": round_log,
+        "passed": sum(1 for m in measured if m["passed"]), "researched": len(round_log) - 1,
+        "fallback": fallback, "repeats": repeats, "seconds": round(time.perf_counter() - start, 2),
+    }
+    if out is not None:
+        from lana.lut import atomic_write_text
+
+        atomic_write_text(Path(out), json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _next_limit(measured: Sequence[dict[str, Any]], goal: float, q75: float
+                ) -> tuple[float, str]:
+    """The predicted value (budget frame) at which a new search should land to measure ``goal``.
+
+    With candidates from one search only: ``goal`` over the upper quartile of measured / predicted.
+    With two or more searches at different limits: a straight line measured = a + b * predicted
+    through every candidate so far (least squares), shifted up by the upper quartile of its
+    residuals, solved for ``goal`` (a secant step: the prediction's error need not be
+    proportional).  A line with no clear positive slope falls back to the ratio.
+    """
+    import numpy as np
+
+    rounds = {m["round"] for m in measured}
+    if len(rounds) >= 2:
+        x = np.array([m["x"] for m in measured])
+        y = np.array([m["y"] for m in measured])
+        if np.ptp(x) > 1e-9:
+            b, a = np.polyfit(x, y, 1)
+            if b > 0.05:
+                shift = float(np.quantile(y - (a + b * x), 0.75))
+                return max((goal - a - shift) / b, 1e-12), "secant"
+    return goal / q75, "ratio"
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise VerifyError(f"search result {path} does not exist; write it with lana search --out "
+                          f"{path}") from None
+    except json.JSONDecodeError as exc:
+        raise VerifyError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run lana "
+                          f"search") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _teacher_ops(lut: Any) -> list[str]:
+    ops = []
+    for i, layer in enumerate(lut.layers):
+        teacher = [k for k in layer.get("ops", ()) if k.startswith("teacher:")]
+        if not teacher:
+            raise VerifyError(f"layer {i} of LUT {lut.path} has no teacher op; re-profile it with "
+                              f"lana-profile")
+        ops.append(teacher[0])
+    return ops
+
+
+def _search_again(scores: Any, lut: str | Path, limit_ms: float, k: int, overlap: float, *,
+                  single_shot: bool, table_name: str | None,
+                  log: Callable[[str], None] | None
+                  ) -> tuple[list[tuple[tuple[str, ...], float, dict]], float, str]:
+    """K new architectures under ``limit_ms`` (predicted), never below the cheapest reachable."""
+    from lana.search import Budget, search
+    from lana.search.errors import SearchWarning
+    from lana.search.files import load_table
+
+    if not scores:
+        raise VerifyError("the search result names no scores file; pass scores= (lana run's "
+                          "scores.json)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SearchWarning)
+        table = load_table(scores, [lut])
+        name = table_name or table.table_names[0]
+        floor = table.minimum(name)
+        if limit_ms < floor:
+            limit_ms = floor * (1 + 1e-9)
+        res = search(table, [Budget(name, limit_ms)], k=k, overlap=overlap,
+                     single_shot=single_shot)
+    if log is not None:
+        log(f"searching again under {limit_ms:.4f} ms predicted: {len(res.solutions)} found")
+    batch = [(tuple(s.keys), float(s.objective),
+              {n: float(s.costs[n]) for n in table.table_names if table.units.get(n) == "ms"})
+             for s in res.solutions]
+    return batch, limit_ms, name
+
+
+__all__ = ["VERIFY_SCHEMA", "VerifyError", "VerifyWarning", "verify"]
