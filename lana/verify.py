@@ -22,13 +22,13 @@ The passing architectures (all rounds) go to the selection; every measured one i
                         "measured_ratio", "round", "search_limit_ms"}, ...],  # what select reads
      "measured": [{"keys": [...], "objective", "predicted_ms", "measured_ms", "measured_ratio",
                    "spread", "passed", "round", "x", "y"}, ...],    # every candidate measured
-
-(``measured_ratio``: measured / the teacher measured in the same round; ``x`` and ``y``: predicted
-and measured in the budget's frame, i.e. relative to the teacher's prediction and measurement for a
-relative budget, milliseconds otherwise.)
      "rounds": [{"limit_ms", "found", "passed", "teacher_ms", "budget_ms", "ratio_q75",
                  "method"}, ...],
      "passed": N, "researched": R, "fallback": false}
+
+``measured_ratio`` is measured / the teacher measured in the same round; ``x`` and ``y`` are predicted
+and measured in the budget's frame: relative to the teacher's prediction and measurement for a
+relative budget, milliseconds otherwise.
 
 When no candidate passes after the last round, the ``min_kept`` fastest measured ones are kept
 (``fallback``: true) with a warning, so the run goes on and its validation reports the miss.
@@ -246,7 +246,7 @@ def _search_again(scores: Any, lut: str | Path, limit_ms: float, k: int, overlap
         warnings.simplefilter("ignore", SearchWarning)
         table = load_table(scores, [lut])
         name = table_name or table.table_names[0]
-        floor = table.minimum(name)
+        floor = (table.single_shot() if single_shot else table).minimum(name)
         if limit_ms < floor:
             limit_ms = floor * (1 + 1e-9)
         res = search(table, [Budget(name, limit_ms)], k=k, overlap=overlap,
