@@ -624,7 +624,7 @@ def plot_report(report: CalibrationReport, path: str | Path) -> Path:
     return plot_predicted_vs_measured(raw, path, calibrated=cal, title=title)
 
 
-__all__ = ["AFFINE_FITS", "CalibrationError", "CalibrationReport", "EARN_KEEP", "FIT_NAMES", "Fit", "Point",
-           "apply_calibration", "calibrate", "error_stats", "fit_calibration", "fit_model",
+__all__ = ["AFFINE_FITS", "CalibrationError", "CalibrationReport", "EARN_KEEP", "FIT_NAMES", "Fit",
+           "Point", "apply_calibration", "calibrate", "error_stats", "fit_calibration", "fit_model",
            "layer_choices", "lut_applies_family_terms", "measure_architectures", "plot_report",
            "sample_architectures", "split_held_out"]

@@ -295,12 +295,15 @@ def _verification_text(summary: dict) -> list[str]:
     v = summary.get("verified")
     if not v:
         return []
-    text = (f"Before selection, {v['measured']} candidates were measured end to end; "
-            f"{v['passed']} met the budget")
-    if v["researched"]:
-        text += (f", after {v['researched']} re-search(es) under a limit corrected by the "
-                 f"measured/predicted ratio")
-    text += "." if not v["fallback"] else "; none did, so the fastest measured were kept."
+    n = v["researched"]
+    again = "once more" if n == 1 else f"{n} more times"
+    searches = f" (the search ran {again} under a limit corrected by what was measured)" if n else ""
+    if v["fallback"]:
+        text = (f"Before selection, {v['measured']} candidates were measured end to end{searches}; "
+                f"none met the budget, so the fastest measured were kept.")
+    else:
+        text = (f"Before selection, {v['measured']} candidates were measured end to end{searches}; "
+                f"{v['passed']} met the budget and went on to selection.")
     return [text, ""]
 
 

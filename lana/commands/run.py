@@ -5,7 +5,8 @@ measured with ONNX Runtime on this CPU (cpu-ort), to half the teacher's latency.
 artifact goes into --out; re-running skips finished stages and resumes an interrupted one, and a new
 --budget re-runs only the search onwards.  Before selection, the search's candidates are measured end
 to end and those over the budget dropped; while fewer than three remain, the search runs again under
-a limit corrected by what was measured (--verify-rounds times at most).  The result is DIR/summary.json, DIR/report.md and its PNGs.
+a limit corrected by what was measured (--verify-rounds times at most).  The result is
+DIR/summary.json, DIR/report.md and its PNGs.
 """
 
 from __future__ import annotations
