@@ -22,8 +22,9 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
     """Measure teacher and student end to end in one session on the run's device and LUT protocol.
 
     The two are measured in alternation (ROUNDS times) so drift of a shared machine hits both; the
-    speed-up is the ratio of their medians.  The other search candidates are measured once each (with
-    their pretrained ops; latency does not depend on the weights) for the predicted-vs-measured plot.
+    speed-up is the ratio of their medians.  The predicted-vs-measured plot also shows the other
+    candidates: those the verify stage measured, scaled to this session's teacher, or (a run without
+    that stage) the search's candidates, measured once each here with random weights.
     """
     from lana.assemble import load_student, read_arch
     from lana.lut import Lut
@@ -49,19 +50,23 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
                                       protocol=protocol, label="student").median)
     teacher_ms, student_ms = _median(t_runs), _median(s_runs)
 
-    points = []
-    for cand in read_architectures(p.path("search.json"), p.config.budget)[:10]:
-        if list(cand.arch.ops) == list(arch.ops):
-            continue
-        from lana.assemble import build_student
+    if p.path("verify.json").exists():
+        points = _verified_points(p, lut, arch.ops, teacher_ms)
+    else:
+        points = []
+        for cand in read_architectures(p.path("search.json"), p.config.budget)[:10]:
+            if list(cand.arch.ops) == list(arch.ops):
+                continue
+            from lana.assemble import build_student
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # random weights are fine: only latency is measured
-            model = deploy(build_student(cand.arch, p.teacher)[0])
-        measured = measure_network(model, shape, preset, config=config, protocol=protocol,
-                                   label="candidate").median
-        points.append({"predicted_ms": lut.predict(cand.arch.ops),
-                       "predicted_raw_ms": lut.predict_raw(cand.arch.ops), "measured_ms": measured})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # random weights are fine: only latency is measured
+                model = deploy(build_student(cand.arch, p.teacher)[0])
+            measured = measure_network(model, shape, preset, config=config, protocol=protocol,
+                                       label="candidate").median
+            points.append({"predicted_ms": lut.predict(cand.arch.ops),
+                           "predicted_raw_ms": lut.predict_raw(cand.arch.ops),
+                           "measured_ms": measured})
 
     teacher_pred = lut.predict(teacher_keys)
     budget_ms = parse_budget(p.config.budget, teacher_pred)
@@ -88,6 +93,20 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
 
     atomic_write_text(p.path("validation.json"), json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _verified_points(p: "Pipeline", lut: Any, chosen: Any, teacher_ms: float) -> list[dict[str, Any]]:
+    """The candidates the verify stage measured (all rounds, the chosen one left out), each scaled
+    to this session's teacher: measured / (teacher measured beside it) x ``teacher_ms``."""
+    doc = json.loads(p.path("verify.json").read_text())
+    points = []
+    for m in doc["measured"]:
+        if list(m["keys"]) == list(chosen):
+            continue
+        points.append({"predicted_ms": lut.predict(m["keys"]),
+                       "predicted_raw_ms": lut.predict_raw(m["keys"]),
+                       "measured_ms": m["measured_ratio"] * teacher_ms, "round": m["round"]})
+    return points
 
 
 def summarize(p: "Pipeline") -> dict[str, Any]:

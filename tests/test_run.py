@@ -153,6 +153,13 @@ def test_verify_stage_measures_candidates_and_selects_a_passing_one(finished_run
     if not doc["fallback"]:
         assert all(m["passed"] for m in doc["measured"] if m["keys"] == chosen)
     assert summary["verified"]["measured"] == len(doc["measured"])
+    # the predicted-vs-measured plot shows the other measured candidates, scaled to the teacher
+    # measured in the validation session
+    val = json.loads((out / "validation.json").read_text())
+    others = [m for m in doc["measured"] if m["keys"] != chosen]
+    assert len(val["candidates"]) == len(others)
+    assert val["candidates"][0]["measured_ms"] == pytest.approx(
+        others[0]["measured_ratio"] * val["teacher"]["measured_ms"])
 
 
 def _fake_measurements(monkeypatch, factor):
