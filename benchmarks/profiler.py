@@ -354,7 +354,9 @@ def _print(out: dict[str, Any]) -> None:
         print(f"repeatability |A-B|/A over {p['repeat_ops']} ops: median {p['repeat_median']:.2%} "
               f"(target <= 2%), p95 {p['repeat_p95']:.2%} (target <= 5%), max {p['repeat_max']:.2%}; "
               f"noisy {p['noisy']}; machine busy during the runs: "
-              f"{[bool(load.get('busy')) for load in p['load']]}")
+              f"{[bool(load.get('busy')) for load in p['load']]}; CPUs contended from outside: "
+              f"{[bool(load.get('contended')) for load in p['load']]} (parallel probe speed-up "
+              f"min {[load.get('parallel_speedup_min') for load in p['load']]})")
     if "ort_agreement" in out:
         a = out["ort_agreement"]
         o = a["outside_run_us"]

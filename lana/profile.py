@@ -332,11 +332,12 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
     if not (resume or force) and (out_path.exists() or journal_path(out_path).exists()):
         raise ProfileError(f"{out_path} already exists; add --resume to continue it or --force to "
                            f"overwrite it")
-    from profilers.load import LoadMonitor, merge_load
+    from profilers.load import LoadMonitor, merge_load, parallel_probe
 
     # Its first window runs from here to the first timed op: the machine's load before timing.
-    monitor = LoadMonitor((preset.resolved_threads() or 1) if preset.device == "cpu" else 1,
-                          check_every_s=load_check_s)
+    monitor_threads = (preset.resolved_threads() or 1) if preset.device == "cpu" else 1
+    monitor = LoadMonitor(monitor_threads, check_every_s=load_check_s,
+                          probe=parallel_probe(monitor_threads))
     report = ProfileReport(out=out_path)
     bar: _ProgressBar | None = None
 

@@ -14,6 +14,14 @@ equal terms when the profiler is niced itself, and then count in full.  Where ``
 missing (macOS, BSD) the 1-minute load average stands in, less the profiler's own share; where neither
 exists the load is unknown and nothing is flagged.  The clock, the counters and ``sleep`` are
 injectable, so the decision is tested with made-up readings.
+
+Counters see only this operating system.  On a virtual machine whose cores the host also gives to
+others, the profiler's threads can be left short of CPU with every counter here reading idle.  With
+more than one thread, each reading therefore also runs a *parallel probe*
+(:func:`parallel_probe`): a fixed convolution timed with one thread and with the profiler's threads
+in ONNX Runtime.  A free machine runs it nearly ``threads`` times faster with ``threads`` threads; a
+speed-up under :data:`CONTENDED_EFFICIENCY` x ``threads`` means the CPUs are contended, whoever holds
+them, and the multi-threaded latencies are inflated.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from typing import Any, Callable, Mapping, Sequence
 from profilers.system import usable_cpus
 
 SLACK_CPUS = 0.5  # other work tolerated beyond the CPUs the profiler leaves free
+# Parallel probe: with n threads a free machine runs the probe about n times faster (1.8-2.0x with
+# two threads here); a speed-up under this share of n means the CPUs are contended.
+CONTENDED_EFFICIENCY = 0.6
 _STAT = Path("/proc/stat")
 
 
@@ -148,6 +159,76 @@ def _r2(value: float | None) -> float | None:
     return None if value is None else round(float(value), 2)
 
 
+def contention_message(speedup: float, threads: int) -> str:
+    return (f"the CPUs are contended: a reference convolution ran {speedup:.2f}x as fast with "
+            f"{threads} threads as with 1 (a free machine gives about {0.9 * threads:.1f}x) while "
+            f"no process here kept them busy, so something outside this system (a virtual "
+            f"machine's host) is using them; multi-threaded latencies are inflated: profile on a "
+            f"dedicated machine, or pass --threads 1")
+
+
+def parallel_probe(threads: int, *, channels: int = 64, size: int = 56, runs: int = 9
+                   ) -> Callable[[], float | None] | None:
+    """A function returning the probe's speed-up with ``threads`` threads over one thread (the
+    ratio of median latencies of a 3x3 convolution, ``channels`` x ``size`` x ``size``, in ONNX
+    Runtime), or None when there is nothing to probe (one thread, ONNX Runtime missing).
+
+    The two sessions are built on the first call and kept; each call costs about 30 ms.
+    """
+    if threads <= 1:
+        return None
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    state: dict[str, Any] = {}
+
+    def build() -> None:
+        weight = np.random.RandomState(0).randn(channels, channels, 3, 3).astype(np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
+            [numpy_helper.from_array(weight, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 7
+        blob = model.SerializeToString()
+        for n in (1, threads):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = n
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            state[n] = ort.InferenceSession(blob, sess_options=so,
+                                            providers=["CPUExecutionProvider"])
+        state["x"] = {"x": np.random.RandomState(1).rand(1, channels, size, size).astype(
+            np.float32)}
+
+    def median_ms(session: Any) -> float:
+        x = state["x"]
+        for _ in range(2):
+            session.run(None, x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, x)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    def probe() -> float | None:
+        try:
+            if not state:
+                build()
+            one = median_ms(state[1])
+            many = median_ms(state[threads])
+        except Exception:  # a probe must never end a profile
+            return None
+        return one / many if many > 0 else None
+
+    return probe
+
+
 class LoadMonitor:
     """Watches the machine's load over one profiling run; see the module docstring.
 
@@ -161,8 +242,13 @@ class LoadMonitor:
                  check_every_s: float = 30.0, min_window_s: float = 0.5,
                  read: Callable[[], Counters] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 probe: Callable[[], float | None] | None = None) -> None:
         self.threads = max(1, int(threads))
+        self._probe = probe  # e.g. parallel_probe(threads); None: counters only
+        self.speedups: list[float] = []
+        self.contended_checks = 0
+        self.contention_warning: str | None = None
         self._cpu_list = list(cpus) if cpus is not None else usable_cpus()
         self.cpus = max(1, len(self._cpu_list))
         self.check_every_s = check_every_s
@@ -194,12 +280,28 @@ class LoadMonitor:
 
     def _judge(self, r: LoadReading) -> str | None:
         if not is_busy(r, self.threads):
-            return None
+            return self._judge_probe()
         self.busy_checks += 1
         if self.warning is not None:
             return None
         self.warning = busy_message(r, self.threads)
         return self.warning
+
+    def _judge_probe(self) -> str | None:
+        """Run the parallel probe while the counters read idle (busy readings explain themselves)."""
+        if self._probe is None:
+            return None
+        speedup = self._probe()
+        if speedup is None:
+            return None
+        self.speedups.append(speedup)
+        if speedup >= CONTENDED_EFFICIENCY * self.threads:
+            return None
+        self.contended_checks += 1
+        if self.contention_warning is not None:
+            return None
+        self.contention_warning = contention_message(speedup, self.threads)
+        return self.contention_warning
 
     def start(self) -> str | None:
         """The reading before timing starts: the window since creation, at least ``min_window_s``."""
@@ -224,6 +326,10 @@ class LoadMonitor:
     def busy(self) -> bool:
         return self.busy_checks > 0
 
+    @property
+    def contended(self) -> bool:
+        return self.contended_checks > 0
+
     def to_dict(self) -> dict[str, Any]:
         """The ``load`` record of a LUT's ``device.seen``: load averages, other work, verdict."""
         first, last, peak = self.first, self.last, self.peak
@@ -237,6 +343,12 @@ class LoadMonitor:
             "background_peak": _r2(self.background_peak),
             "busy": self.busy, "warning": self.warning, "checks": self.checks,
             "busy_checks": self.busy_checks, "source": first.source if first else None,
+            "parallel_speedup_min": _r2(min(self.speedups)) if self.speedups else None,
+            "parallel_speedup_median": (_r2(sorted(self.speedups)[len(self.speedups) // 2])
+                                        if self.speedups else None),
+            "probes": len(self.speedups), "contended": self.contended,
+            "contended_checks": self.contended_checks,
+            "contention_warning": self.contention_warning,
         }
 
 
@@ -249,6 +361,10 @@ def merge_load(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -
     peaks = [v for v in (current.get("others_peak"), *(e.get("others_peak") for e in earlier))
              if isinstance(v, (int, float))]
     out["busy"] = bool(current.get("busy")) or any(bool(e.get("busy")) for e in earlier)
+    out["contended"] = bool(current.get("contended")) or any(bool(e.get("contended"))
+                                                             for e in earlier)
+    out["contention_warning"] = current.get("contention_warning") or next(
+        (e["contention_warning"] for e in earlier if e.get("contention_warning")), None)
     out["warning"] = current.get("warning") or next(
         (e["warning"] for e in earlier if e.get("warning")), None)
     out["others_peak"] = max(peaks) if peaks else None
@@ -271,6 +387,13 @@ def describe_load(load: Mapping[str, Any] | None) -> str:
             f"{f(load.get('others_end'))} at end, {f(load.get('others_peak'))} at peak; load average "
             f"{f(load.get('start'))} -> {f(load.get('end'))}"
             + (f" ({runs} runs, resumed)" if runs > 1 else ""))
+    if load.get("parallel_speedup_median") is not None:
+        text += (f"; {load.get('threads')}-thread speed-up of the parallel probe "
+                 f"{load.get('parallel_speedup_min') or 0:.2f} min, "
+                 f"{load['parallel_speedup_median']:.2f} median")
     if load.get("busy"):
         return text + "; BUSY: latencies inflated, re-profile on an idle machine"
+    if load.get("contended"):
+        return (text + "; CONTENDED from outside this system: multi-threaded latencies inflated, "
+                "re-profile on a dedicated machine or with --threads 1")
     return text + "; idle enough"

@@ -284,6 +284,44 @@ def test_idle_machine_gives_no_warning_and_a_resumed_run_keeps_an_earlier_busy_o
     assert describe_load(None).startswith("not recorded")
 
 
+def test_parallel_probe_flags_cpus_contended_from_outside_once():
+    """Counters read idle, but the probe's two-thread speed-up collapses: contended, warned once."""
+    m = FakeMachine([0.05, 0.05, 0.05, 1.5, 0.05])
+    speedups = [1.9, 0.5, 0.45]
+    mon = LoadMonitor(2, cpus=[0, 1], check_every_s=30.0, read=m.read, clock=m.clock,
+                      sleep=m.sleep, probe=lambda: speedups.pop(0) if speedups else None)
+    m.advance(2.0)
+    assert mon.start() is None  # 1.9x with two threads: a free machine
+    m.advance(40.0)
+    warning = mon.check()
+    assert warning and "CPUs are contended" in warning and "0.50x" in warning
+    assert "--threads 1" in warning and "\n" not in warning
+    m.advance(40.0)
+    assert mon.check() is None  # contended again; the warning is given once
+    m.advance(40.0)
+    assert mon.check() and mon.busy  # a busy reading explains itself: the probe is not run
+    m.advance(40.0)
+    assert mon.finish() is None  # the probe had three values only: None means "no figure"
+    d = mon.to_dict()
+    assert d["contended"] and d["contended_checks"] == 2 and d["probes"] == 3
+    assert d["parallel_speedup_min"] == 0.45 and d["parallel_speedup_median"] == 0.5
+    assert d["contention_warning"] == warning
+    idle_before = {**d, "contended": False, "contention_warning": None, "busy": False}
+    merged = merge_load(d, idle_before)
+    assert merged["contended"] and merged["contention_warning"] == warning
+    assert "0.45 min" in describe_load(merged)
+    assert "CONTENDED" in describe_load({**idle_before, "contended": True})
+
+
+def test_parallel_probe_of_this_machine():
+    from profilers.load import parallel_probe
+
+    assert parallel_probe(1) is None  # one thread: nothing to compare
+    probe = parallel_probe(2, channels=16, size=16, runs=3)
+    speedup = probe()
+    assert speedup is not None and 0.05 < speedup < 10
+
+
 def test_counters_of_this_machine_are_sane():
     a = read_counters()
     sum(i * i for i in range(200_000))  # some CPU time of our own
