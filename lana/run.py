@@ -103,7 +103,7 @@ class RunConfig:
     images: int | None = None  # cap on training images (quick runs)
     score_samples: int | None = None
     tolerance: float = 0.05  # measured latency may exceed the budget by this share
-    verify_rounds: int = 3  # re-searches while too few candidates meet the budget measured (0: none)
+    verify_rounds: int = 3  # re-searches while too few candidates meet the budget (0: none)
 
     def digest(self, names: tuple[str, ...]) -> str:
         values = {n: getattr(self, n) for n in names}

@@ -21,7 +21,8 @@ more than one thread, each reading therefore also runs a *parallel probe*
 (:func:`parallel_probe`): a fixed convolution timed with one thread and with the profiler's threads
 in ONNX Runtime.  A free machine runs it nearly ``threads`` times faster with ``threads`` threads; a
 speed-up under :data:`CONTENDED_EFFICIENCY` x ``threads`` means the CPUs are contended, whoever holds
-them, and the multi-threaded latencies are inflated.
+them, and the multi-threaded latencies are inflated.  The probe uses at most
+:data:`PROBE_MAX_THREADS` threads, so on a bigger machine it watches the first few cores only.
 """
 
 from __future__ import annotations
@@ -164,17 +165,28 @@ def contention_message(speedup: float, threads: int) -> str:
             f"{threads} threads as with 1 (a free machine gives about {0.9 * threads:.1f}x) while "
             f"no process here kept them busy, so something outside this system (a virtual "
             f"machine's host) is using them; multi-threaded latencies are inflated: profile on a "
-            f"dedicated machine, or pass --threads 1")
+            f"dedicated machine, or with a one-thread preset (threads = 1 in a preset TOML)")
+
+
+PROBE_MAX_THREADS = 4  # a small convolution stops scaling beyond a few threads
+
+
+def probe_threads(threads: int) -> int:
+    """The threads the parallel probe compares with one: the profile's, at most
+    :data:`PROBE_MAX_THREADS` (contention of the other cores goes unseen on bigger machines)."""
+    return max(1, min(int(threads), PROBE_MAX_THREADS))
 
 
 def parallel_probe(threads: int, *, channels: int = 64, size: int = 56, runs: int = 9
                    ) -> Callable[[], float | None] | None:
-    """A function returning the probe's speed-up with ``threads`` threads over one thread (the
-    ratio of median latencies of a 3x3 convolution, ``channels`` x ``size`` x ``size``, in ONNX
-    Runtime), or None when there is nothing to probe (one thread, ONNX Runtime missing).
+    """A function returning the probe's speed-up with :func:`probe_threads` threads over one
+    thread (the ratio of median latencies of a 3x3 convolution, ``channels`` x ``size`` x
+    ``size``, in ONNX Runtime), or None when there is nothing to probe (one thread, ONNX Runtime
+    missing).
 
     The two sessions are built on the first call and kept; each call costs about 30 ms.
     """
+    threads = probe_threads(threads)
     if threads <= 1:
         return None
     try:
@@ -288,19 +300,20 @@ class LoadMonitor:
         return self.warning
 
     def _judge_probe(self) -> str | None:
-        """Run the parallel probe while the counters read idle (busy readings explain themselves)."""
+        """The parallel probe, run while the counters read idle (busy readings explain themselves)."""
         if self._probe is None:
             return None
         speedup = self._probe()
         if speedup is None:
             return None
         self.speedups.append(speedup)
-        if speedup >= CONTENDED_EFFICIENCY * self.threads:
+        threads = probe_threads(self.threads)
+        if speedup >= CONTENDED_EFFICIENCY * threads:
             return None
         self.contended_checks += 1
         if self.contention_warning is not None:
             return None
-        self.contention_warning = contention_message(speedup, self.threads)
+        self.contention_warning = contention_message(speedup, threads)
         return self.contention_warning
 
     def start(self) -> str | None:
@@ -388,7 +401,8 @@ def describe_load(load: Mapping[str, Any] | None) -> str:
             f"{f(load.get('start'))} -> {f(load.get('end'))}"
             + (f" ({runs} runs, resumed)" if runs > 1 else ""))
     if load.get("parallel_speedup_median") is not None:
-        text += (f"; {load.get('threads')}-thread speed-up of the parallel probe "
+        threads = probe_threads(load.get("threads") or 1)
+        text += (f"; {threads}-thread speed-up of the parallel probe "
                  f"{load.get('parallel_speedup_min') or 0:.2f} min, "
                  f"{load['parallel_speedup_median']:.2f} median")
     if load.get("busy"):

@@ -242,8 +242,8 @@ def test_verify_secant_step_follows_a_non_proportional_error():
 
     # measured = 0.2 + 0.5 * predicted exactly, seen in two rounds: the ratio alone would aim too
     # low or too high; the line lands on the goal.
-    pts = [{"round": r, "x": x, "y": 0.2 + 0.5 * x} for r, xs in ((0, (0.6, 0.62)), (1, (0.4, 0.42)))
-           for x in xs]
+    rounds = ((0, (0.6, 0.62)), (1, (0.4, 0.42)))
+    pts = [{"round": r, "x": x, "y": 0.2 + 0.5 * x} for r, xs in rounds for x in xs]
     x, method = _next_limit(pts, 0.45, q75=1.0)
     assert method == "secant" and x == pytest.approx(0.5)
     x, method = _next_limit(pts[:2], 0.45, q75=1.5)

@@ -4,8 +4,9 @@ Every architecture the search found for --budget is assembled and timed with the
 protocol, the teacher measured between them (a relative budget such as 0.5x is taken of that
 measured teacher).  While fewer than --min-kept meet the budget, the search runs again under a
 predicted limit corrected by what was measured (the measured/predicted ratio after one search, a
-straight line through all candidates after more), at most --rounds times.  --out holds the passing architectures (what lana select reads) and every
-measurement; exit status 1 when none passed (the fastest measured are kept then).
+straight line through all candidates after more), at most --rounds times.  --out holds the passing
+architectures (what lana select reads) and every measurement; exit status 1 when none passed (the
+fastest measured are kept then).
 
     lana verify --search run/search.json --lut run/lut.json --device cpu-ort --budget 0.5x \\
         --out run/verify.json
