@@ -419,9 +419,18 @@ class Pipeline:
 
     def stage_verify(self) -> dict:
         from lana.distributed import progress_bar
-        from lana.verify import verify
+        from lana.lut import Lut
+        from lana.verify import unverified, verify
+        from profilers import load_preset
 
         c = self.config
+        lut_device = Lut.load(self.path("lut.json"), teacher=c.teacher).preset
+        if lut_device not in (c.device, load_preset(c.device).name):
+            reason = (f"the LUT was measured on {lut_device!r}, not on the run's device "
+                      f"{c.device!r}; the search's candidates go to selection unmeasured")
+            self.console.print(f"[yellow]{reason}[/]")
+            unverified(self.path("search.json"), c.budget, reason, out=self.path("verify.json"))
+            return {"skipped": reason}
         bar = progress_bar(True)
         with bar:
             task = bar.add_task("measuring candidates", total=None)

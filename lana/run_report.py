@@ -50,9 +50,8 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
                                       protocol=protocol, label="student").median)
     teacher_ms, student_ms = _median(t_runs), _median(s_runs)
 
-    if p.path("verify.json").exists():
-        points = _verified_points(p, lut, arch.ops, teacher_ms)
-    else:
+    points = _verified_points(p, lut, arch.ops, teacher_ms)
+    if not points:
         points = []
         for cand in read_architectures(p.path("search.json"), p.config.budget)[:10]:
             if list(cand.arch.ops) == list(arch.ops):
@@ -97,7 +96,10 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
 
 def _verified_points(p: "Pipeline", lut: Any, chosen: Any, teacher_ms: float) -> list[dict[str, Any]]:
     """The candidates the verify stage measured (all rounds, the chosen one left out), each scaled
-    to this session's teacher: measured / (teacher measured beside it) x ``teacher_ms``."""
+    to this session's teacher: measured / (teacher measured beside it) x ``teacher_ms``.  Empty
+    without a verify stage or when it measured nothing."""
+    if not p.path("verify.json").exists():
+        return []
     doc = json.loads(p.path("verify.json").read_text())
     points = []
     for m in doc["measured"]:
@@ -140,6 +142,8 @@ def _verification(p: "Pipeline") -> dict[str, Any]:
     if not path.exists():
         return {}
     doc = json.loads(path.read_text())
+    if doc.get("skipped"):
+        return {"verified": {"skipped": doc["skipped"]}}
     return {"verified": {"measured": len(doc["measured"]), "passed": doc["passed"],
                          "researched": doc["researched"], "fallback": doc["fallback"]}}
 
@@ -314,6 +318,8 @@ def _verification_text(summary: dict) -> list[str]:
     v = summary.get("verified")
     if not v:
         return []
+    if v.get("skipped"):
+        return [f"The candidates were not measured before selection: {v['skipped']}.", ""]
     n = v["researched"]
     again = "once more" if n == 1 else f"{n} more times"
     searches = f" (the search ran {again} under a limit corrected by what was measured)" if n else ""

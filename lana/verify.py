@@ -183,6 +183,29 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
     return result
 
 
+def unverified(search: str | Path, budget: str, reason: str, *,
+               out: str | Path | None = None) -> dict[str, Any]:
+    """The search's candidates of ``budget`` passed on unmeasured (``"skipped"``: ``reason``), in
+    the document :func:`verify` writes, for when this machine cannot measure the LUT's device."""
+    from lana.select import read_architectures
+
+    cands = read_architectures(search, budget)
+    arch = cands[0].arch
+    result = {
+        "schema": VERIFY_SCHEMA, "teacher": arch.teacher, "pool": arch.pool,
+        "layer_names": list(arch.layer_names), "budget": str(budget), "budget_ms": arch.budget_ms,
+        "search": str(search), "skipped": reason,
+        "architectures": [{"ops": list(c.arch.ops), "objective": c.arch.objective,
+                           "predicted_ms": dict(c.arch.predicted_ms)} for c in cands],
+        "measured": [], "rounds": [], "passed": 0, "researched": 0, "fallback": False,
+    }
+    if out is not None:
+        from lana.lut import atomic_write_text
+
+        atomic_write_text(Path(out), json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def _next_limit(measured: Sequence[dict[str, Any]], goal: float, q75: float
                 ) -> tuple[float, str]:
     """The predicted value (budget frame) at which a new search should land to measure ``goal``.
@@ -259,4 +282,4 @@ def _search_again(scores: Any, lut: str | Path, limit_ms: float, k: int, overlap
     return batch, limit_ms, name
 
 
-__all__ = ["VERIFY_SCHEMA", "VerifyError", "VerifyWarning", "verify"]
+__all__ = ["VERIFY_SCHEMA", "VerifyError", "VerifyWarning", "unverified", "verify"]

@@ -258,3 +258,17 @@ def test_run_command_defaults_are_the_run_config_defaults():
     for name in ("teacher", "device", "budget", "pool", "calibrate", "k", "overlap", "seed",
                  "tolerance", "verify_rounds"):
         assert getattr(args, name) == getattr(config, name), name
+
+
+def test_unverified_passes_the_search_candidates_on_to_selection(finished_run, tmp_path):
+    from lana.select import read_architectures
+    from lana.verify import unverified
+
+    out, _ = finished_run
+    doc = unverified(out / "search.json", "0.6x", "the LUT describes 'v100-trt'",
+                     out=tmp_path / "v.json")
+    found = read_architectures(out / "search.json", "0.6x")
+    passed_on = read_architectures(tmp_path / "v.json", "0.6x")
+    assert [c.arch.ops for c in passed_on] == [c.arch.ops for c in found]
+    assert doc["skipped"] and doc["measured"] == [] and not doc["fallback"]
+    assert passed_on[0].arch.budget_ms == pytest.approx(found[0].arch.budget_ms)
