@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -84,34 +83,18 @@ def _ops(teacher: str, pool: str, shard: str | None, limit: int | None):
     import torch
 
     from lana.pool import build_pool
-    from lana.profile import in_shard, parse_shard
+    from lana.profile import in_shard, key_owners, parse_shard
     from lana.teachers import create_teacher
 
     torch.manual_seed(0)
     t = create_teacher(teacher, pretrained=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pools = build_pool(t, pool)
-    owner: dict[str, int] = {}
-    for i, lp in enumerate(pools):
-        for k in lp.keys:
-            owner.setdefault(k, i)
+        owner = key_owners(build_pool(t, pool))
     keys = [k for k in owner if in_shard(k, parse_shard(shard))]
     if limit and limit < len(keys):
         keys = keys[::max(1, len(keys) // limit)][:limit]
     return t, owner, keys
-
-
-def _module(t, owner: dict[str, int], key: str):
-    import torch
-
-    from lana.ops import create_op, deploy
-    from lana.profile import key_seed
-    from lana.spec import parse_key
-
-    spec = parse_key(key)
-    torch.manual_seed(key_seed(key))
-    return deploy(create_op(spec, t.layer_module(owner[key]) if spec.family == "teacher" else None))
 
 
 # ---------------------------------------------------------------------- throughput, repeatability
@@ -238,6 +221,7 @@ def ort_agreement(device: str, teacher: str, pool: str, shard: str | None, cache
                   limit: int | None) -> dict[str, Any]:
     """Our ORT backend vs ONNX Runtime's own profiler on the same exported op files."""
     from lana.export import export_onnx
+    from lana.profile import build_op_module
     from lana.spec import parse_key
     from profilers import get_backend, load_preset
     from profilers.system import library_version
@@ -249,7 +233,7 @@ def ort_agreement(device: str, teacher: str, pool: str, shard: str | None, cache
     rows = []
     backend = get_backend("ort")
     for key in keys:
-        module = _module(t, owner, key)
+        module = build_op_module(t, key, owner)
         shape = (preset.batch_size, *parse_key(key).in_shape)
         path = export_onnx(module, shape, cache_dir=cache)
         with backend(path, shape, config) as b:
@@ -300,6 +284,7 @@ def torch_agreement(device: str, teacher: str, pool: str, shard: str | None,
     import torch
     import torch.utils.benchmark as tb
 
+    from lana.profile import build_op_module
     from lana.spec import parse_key
     from profilers import get_backend, load_preset
 
@@ -308,7 +293,7 @@ def torch_agreement(device: str, teacher: str, pool: str, shard: str | None,
     t, owner, keys = _ops(teacher, pool, shard, limit)
     rows = []
     for key in keys:
-        module = _module(t, owner, key)
+        module = build_op_module(t, key, owner)
         shape = (preset.batch_size, *parse_key(key).in_shape)
         with get_backend("torch")(module, shape, config) as b:
             ours = b.measure(preset.protocol).median
@@ -398,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
-    from profilers.load import LoadMonitor
+    from profilers.load import LoadMonitor, niceness
     from profilers.system import cpu_model
 
     monitor = LoadMonitor(args.threads or 1)
@@ -406,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {
         "device": args.device, "teacher": args.teacher, "pool": args.pool, "shard": args.shard,
         "cpu": cpu_model(), "threads": args.threads or "preset",
-        "niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0}
+        "niceness": niceness()}
     with tempfile.TemporaryDirectory() as tmp:
         work, cache = Path(tmp), Path(tmp) / "cache"
         device, torch_device = args.device, "cpu-torch"

@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lana.errors import LanaError, UnknownNameError
 from lana.lut import Lut, LutWriter, journal_path, profile_command
@@ -191,8 +191,19 @@ def _input_shape(t, key: str | None, batch_size: int) -> tuple[int, ...]:
     return (batch_size, *(t.input_shape if key is None else parse_key(key).in_shape))
 
 
-def _build(t, key: str | None, owner: dict[str, int], batch_size: int):
-    """The deployed module for ``key`` (``None``: the skeleton); LanaError when it cannot be built."""
+def key_owners(layer_pools: Sequence[Any]) -> dict[str, int]:
+    """Every distinct op key of ``layer_pools`` with the first layer whose pool has it (a teacher op
+    is built as a copy of that layer)."""
+    owner: dict[str, int] = {}
+    for i, lp in enumerate(layer_pools):
+        for key in lp.keys:
+            owner.setdefault(key, i)
+    return owner
+
+
+def build_op_module(t, key: str | None, owner: dict[str, int]):
+    """The deployed module for ``key`` (``None``: the skeleton), seeded by the key, as profiled;
+    LanaError when it cannot be built."""
     import torch
 
     from lana.ops import create_op, deploy
@@ -212,7 +223,7 @@ def _prepare(t, key: str | None, owner: dict[str, int], batch_size: int, cache_d
 
     t0 = time.perf_counter()
     try:
-        module = _build(t, key, owner, batch_size)
+        module = build_op_module(t, key, owner)
     except LanaError as exc:
         return None, f"build failed: {exc}", False
     finally:
@@ -371,11 +382,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
             warnings.simplefilter("ignore")
             layer_pools = build_pool(t, pool)
 
-        # Every distinct key once, with the first layer that needs it (teacher ops copy that layer).
-        owner: dict[str, int] = {}
-        for i, lp in enumerate(layer_pools):
-            for key in lp.keys:
-                owner.setdefault(key, i)
+        owner = key_owners(layer_pools)  # every distinct key once
         pool_failed = {s.key: reason for lp in layer_pools for s, reason in lp.failed}
         layers = [{"name": lp.layer.name, "ops": lp.keys} for lp in layer_pools]
         keys = [k for k in owner if in_shard(k, shard_t)]
@@ -423,7 +430,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
             else:
                 t0 = time.perf_counter()
                 try:
-                    model = _build(t, key, owner, preset.batch_size)
+                    model = build_op_module(t, key, owner)
                 except LanaError as exc:
                     return {"failed": f"build failed: {exc}"}
                 finally:

@@ -270,6 +270,13 @@ class Pipeline:
     def path(self, name: str) -> Path:
         return self.out / name
 
+    def _measures(self, lut: Any) -> bool:
+        """Whether the run's device is the one ``lut`` was measured with (a preset may be named by
+        its file), so this machine can calibrate and verify its predictions."""
+        from profilers import load_preset
+
+        return lut.preset in (self.config.device, load_preset(self.config.device).name)
+
     def done(self, stage: str) -> bool:
         entry = self.manifest.stages.get(stage, {})
         return bool(entry.get("done")) and entry.get("digest") == stage_digest(self.config, stage)
@@ -345,9 +352,7 @@ class Pipeline:
         existing = lut.calibration
         if c.calibrate <= 0:
             return {"calibration": "off"}
-        from profilers import load_preset
-
-        if lut.preset not in (c.device, load_preset(c.device).name):
+        if not self._measures(lut):
             self.console.print(f"[yellow]the LUT was measured with {lut.preset!r}, not "
                                f"{c.device!r}: not calibrated here (calibrate it on its device "
                                f"with lana lut calibrate)[/]")
@@ -421,12 +426,11 @@ class Pipeline:
         from lana.distributed import progress_bar
         from lana.lut import Lut
         from lana.verify import unverified, verify
-        from profilers import load_preset
 
         c = self.config
-        lut_device = Lut.load(self.path("lut.json"), teacher=c.teacher).preset
-        if lut_device not in (c.device, load_preset(c.device).name):
-            reason = (f"the LUT was measured on {lut_device!r}, not on the run's device "
+        lut = Lut.load(self.path("lut.json"), teacher=c.teacher)
+        if not self._measures(lut):
+            reason = (f"the LUT was measured on {lut.preset!r}, not on the run's device "
                       f"{c.device!r}; the search's candidates go to selection unmeasured")
             self.console.print(f"[yellow]{reason}[/]")
             unverified(self.path("search.json"), c.budget, reason, out=self.path("verify.json"))

@@ -30,7 +30,8 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
     from lana.lut import Lut
     from lana.ops import deploy
     from lana.select import read_architectures
-    from lana.validate import lut_backend_config, lut_protocol, measure_network, parse_budget
+    from lana.validate import (is_relative_budget, lut_backend_config, lut_protocol,
+                               measure_network, parse_budget)
     from profilers import load_preset
 
     lut = Lut.load(p.path("lut.json"), teacher=p.config.teacher)
@@ -52,7 +53,6 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
 
     points = _verified_points(p, lut, arch.ops, teacher_ms)
     if not points:
-        points = []
         for cand in read_architectures(p.path("search.json"), p.config.budget)[:10]:
             if list(cand.arch.ops) == list(arch.ops):
                 continue
@@ -72,7 +72,7 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
     # A budget relative to the teacher ("0.5x") is checked against the teacher measured in this
     # session, so a machine running faster or slower as a whole since calibration cannot decide it.
     measured_budget_ms = (parse_budget(p.config.budget, teacher_ms)
-                          if str(p.config.budget).strip().endswith("x") else budget_ms)
+                          if is_relative_budget(p.config.budget) else budget_ms)
     result = {
         "teacher": {"measured_ms": teacher_ms, "runs_ms": t_runs,
                     "predicted_ms": teacher_pred, "predicted_raw_ms": lut.predict_raw(teacher_keys)},
@@ -336,7 +336,9 @@ def _budget_text(summary: dict) -> str:
     """How the budget was checked: a fraction of the teacher measured in the same session, or
     milliseconds."""
     measured = summary.get("budget_measured_ms", summary["budget_ms"])
-    if str(summary["budget"]).strip().endswith("x"):
+    from lana.validate import is_relative_budget
+
+    if is_relative_budget(summary["budget"]):
         return (f"Budget {summary['budget']} of the teacher measured here = {measured:.3f} ms "
                 f"({summary['budget_ms']:.3f} ms of its LUT prediction, the search's limit)")
     return f"Budget {summary['budget_ms']:.3f} ms"

@@ -125,6 +125,20 @@ def _walk(node: Any, ctx: dict) -> Iterator[tuple[Mapping, dict]]:
             yield from _walk(item, ctx)
 
 
+def read_search_result(path: str | Path) -> Any:
+    """The parsed JSON of a search result (or architecture file); one-line errors when missing or
+    not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SelectError(f"search result {path} does not exist; write it with lana search --out "
+                          f"{path}") from None
+    except json.JSONDecodeError as exc:
+        raise SelectError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run lana "
+                          f"search") from None
+
+
 def read_architectures(path: str | Path, budget: str | float | None = None) -> list[Candidate]:
     """The architectures in a search result or architecture file, for one budget.
 
@@ -134,19 +148,17 @@ def read_architectures(path: str | Path, budget: str | float | None = None) -> l
     pool, layer names) are taken from the enclosing document; a solution that carries its full
     architecture under ``"arch"`` is read from there.
     """
+    return architectures_in(read_search_result(path), path, budget)
+
+
+def architectures_in(doc: Any, path: str | Path, budget: str | float | None = None
+                     ) -> list[Candidate]:
+    """:func:`read_architectures` of an already parsed document ``doc`` (read from ``path``)."""
     import warnings
 
     from lana.assemble import Architecture
 
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SelectError(f"search result {path} does not exist; write it with lana search --out "
-                          f"{path}") from None
-    except json.JSONDecodeError as exc:
-        raise SelectError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run lana "
-                          f"search") from None
     top = doc if isinstance(doc, Mapping) else {}
     found = list(_walk(doc, {}))
     if not found:

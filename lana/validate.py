@@ -233,6 +233,11 @@ def measure_network(model: "nn.Module | str | Path", input_shape: Sequence[int],
 # Budgets
 
 
+def is_relative_budget(text: str | float | None) -> bool:
+    """Whether a budget is a fraction of the teacher (``"0.5x"``) rather than milliseconds."""
+    return isinstance(text, str) and text.strip().endswith("x")
+
+
 def parse_budget(text: str | float | None, teacher_ms: float | None = None) -> float | None:
     """``"4.2"``/``"4.2ms"`` -> 4.2 ms; ``"0.5x"`` -> half of ``teacher_ms`` (the LUT-predicted
     teacher); ``None`` -> ``None``."""

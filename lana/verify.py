@@ -51,7 +51,8 @@ AIM = 0.02  # a re-search aims this share inside the budget
 
 
 class VerifyError(LanaError):
-    """A verification request that cannot run (no candidates, unreadable search result)."""
+    """A verification request that cannot run (bad options, a LUT layer without its teacher op, a
+    search result naming no scores file to search again with)."""
 
 
 class VerifyWarning(UserWarning):
@@ -82,18 +83,19 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
     writes it to ``out`` when given.
     """
     from lana.calibrate import measure_architectures
-    from lana.select import read_architectures
-    from lana.validate import open_lut, parse_budget
+    from lana.select import architectures_in, read_search_result
+    from lana.validate import is_relative_budget, open_lut, parse_budget
 
     if min_kept < 1:
         raise VerifyError(f"min_kept must be at least 1, got {min_kept}")
     if rounds < 0:
         raise VerifyError(f"rounds must be 0 or more, got {rounds}")
     start = time.perf_counter()
-    doc = _read(search)
-    cands = read_architectures(search, budget)
+    doc = read_search_result(search)
+    cands = architectures_in(doc, search, budget)
+    doc = doc if isinstance(doc, dict) else {}
     the_lut, preset = open_lut(lut, device, teacher=cands[0].arch.teacher)
-    relative = str(budget).strip().endswith("x")
+    relative = is_relative_budget(budget)
     teacher_ops = _teacher_ops(the_lut)
     teacher_pred = the_lut.predict(teacher_ops)
     predicted_budget = parse_budget(budget, teacher_pred)
@@ -228,18 +230,6 @@ def _next_limit(measured: Sequence[dict[str, Any]], goal: float, q75: float
                 shift = float(np.quantile(y - (a + b * x), 0.75))
                 return max((goal - a - shift) / b, 1e-12), "secant"
     return goal / q75, "ratio"
-
-
-def _read(path: str | Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise VerifyError(f"search result {path} does not exist; write it with lana search --out "
-                          f"{path}") from None
-    except json.JSONDecodeError as exc:
-        raise VerifyError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run lana "
-                          f"search") from None
-    return doc if isinstance(doc, dict) else {}
 
 
 def _teacher_ops(lut: Any) -> list[str]:

@@ -103,7 +103,8 @@ def _own_cpu_s() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _niceness() -> int:
+def niceness() -> int:
+    """This process's nice value (0 where the OS has none)."""
     try:
         return os.getpriority(os.PRIO_PROCESS, 0)
     except (AttributeError, OSError):
@@ -121,7 +122,7 @@ def read_counters(cpus: Sequence[int] | None = None) -> Counters:
         loadavg = None
     return Counters(time_s=time.monotonic(), busy_s=None if stat is None else stat[0],
                     niced_s=None if stat is None else stat[1], own_s=_own_cpu_s(), loadavg=loadavg,
-                    own_niced=_niceness() > 0)
+                    own_niced=niceness() > 0)
 
 
 def reading(a: Counters, b: Counters, cpus: int) -> LoadReading:
