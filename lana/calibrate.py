@@ -43,17 +43,6 @@ if TYPE_CHECKING:
 # A richer fit must beat the best affine one's cross-validated error by this fraction to be chosen.
 EARN_KEEP = 0.10
 CV_REPEATS = 3  # shuffles of the repeated K-fold cross-validation
-CV_TRIM = 0.10  # share of the largest cross-validated errors left out of the score
-
-
-def _trimmed_mean(errors: Sequence[float]) -> float:
-    """Mean of the errors without the largest :data:`CV_TRIM` share: a measurement disturbed by
-    another process on the machine is not a model's fault and must not pick the model."""
-    if not errors:
-        return math.inf
-    ordered = sorted(errors)
-    keep = max(1, int(math.ceil(len(ordered) * (1 - CV_TRIM))))
-    return float(sum(ordered[:keep]) / keep)
 
 
 class CalibrationError(LanaError):
@@ -221,7 +210,8 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
     """Fit every candidate model, pick by cross-validated error; returns (best, {name: cv error}).
 
     The error is the mean |predicted - measured| / measured over :data:`CV_REPEATS` shuffles of
-    K folds of the given points, the largest :data:`CV_TRIM` of them left out.  The ``families``
+    K folds of the given points, all of them: a model whose errors gather at the ends of the
+    latency range (an offset alone where the slope is not 1) must not hide them.  The ``families``
     model must beat the best affine one by :data:`EARN_KEEP` (relative) to be chosen.  ``keys`` (each network's op keys) enable the
     ``families`` model; ``allow_family_terms=False`` still scores it but never picks it.
     """
@@ -270,7 +260,7 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
                 if fit.family_ms:
                     pred = pred + counts[test] @ np.array([fit.family_ms[f_] for f_ in families])
                 errors += list(np.abs(pred - y[test]) / y[test])
-        cv[name] = _trimmed_mean(errors)
+        cv[name] = float(np.mean(errors)) if errors else math.inf
     simple = [c for c in names if c in ("none", "offset", "ols", "relative", "huber")]
     best_simple = min(simple, key=lambda c: cv[c]) if simple else names[0]
     best = best_simple
@@ -376,7 +366,7 @@ class Point:
 
     ops: tuple[str, ...]
     raw_ms: float  # LUT sum, fixed included
-    measured_ms: float  # median of the clean repeats (drift-corrected), see measure_architectures
+    measured_ms: float  # median (or min) of the clean repeats, see measure_architectures
     spread: float  # (max - min) / median of the repeat medians: the measurement's own noise
     held_out: bool = False
 
@@ -385,7 +375,8 @@ def measure_architectures(archs: Sequence[Sequence[str]], lut: "Lut", preset: "P
                           protocol: "Protocol | None" = None, repeats: int = 3,
                           drift_correction: bool = True,
                           progress: Callable[[int, int], None] | None = None,
-                          selector: str | None = None) -> list[tuple[float, float]]:
+                          selector: str | None = None, statistic: str = "median"
+                          ) -> list[tuple[float, float]]:
     """(latency, spread) end to end of each architecture on ``preset``, ``repeats`` times.
 
     Repeats are interleaved (every network once, then every network again), so slow drift of the
@@ -393,16 +384,42 @@ def measure_architectures(archs: Sequence[Sequence[str]], lut: "Lut", preset: "P
     teacher network is measured right before every network, in a session kept open for the round,
     and each measurement is scaled by (median teacher latency) / (teacher latency next to it): a
     machine that runs everything 1.5x slower for half a minute (frequency, a neighbour) then
-    leaves the figures alone.  A network's figure is the median of its repeats whose
-    measurements were not flagged noisy (all of them when every one was); the spread is
-    (max - min) / median of its repeats.  Each network is exported once.
+    leaves the figures alone.  A network's figure is the median (``statistic="min"``: the
+    minimum) of its repeats whose measurements were not flagged noisy (all of them when every one
+    was); the spread is (max - min) / that figure.  Each network is exported once.
+
+    The minimum suits a machine shared with other work, whose slow periods only ever add time:
+    with repeats spread over minutes it finds each network's uncontended latency, where the
+    median follows how much of the run was slow.  Use it without drift correction (a teacher
+    timing caught in a fast moment would scale a repeat below anything the machine ran).
     """
+    check_statistic(statistic)
+    runs = measure_repeats(archs, lut, preset, protocol=protocol, repeats=repeats,
+                           references=drift_correction, progress=progress, selector=selector)
+    return combine_repeats(runs, statistic, drift_correction)
+
+
+STATISTICS = ("median", "min")
+
+
+def check_statistic(statistic: str) -> None:
+    if statistic not in STATISTICS:
+        raise CalibrationError(f"statistic must be one of {', '.join(STATISTICS)}, got "
+                               f"{statistic!r}")
+
+
+def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset", *,
+                    protocol: "Protocol | None" = None, repeats: int = 3, references: bool = True,
+                    progress: Callable[[int, int], None] | None = None,
+                    selector: str | None = None) -> list[list[tuple[Any, Any]]]:
+    """The raw repeats of :func:`measure_architectures`: per network, (its timing, the teacher's
+    timing right before it, or None without ``references``) for every round."""
     import shutil
     import tempfile
 
     import torch
 
-    from lana.assemble import Architecture, build_student
+    from lana.assemble import Architecture, build_student, teacher_architecture
     from lana.export import export_onnx
     from lana.ops import deploy
     from lana.teachers import create_teacher
@@ -430,8 +447,8 @@ def measure_architectures(archs: Sequence[Sequence[str]], lut: "Lut", preset: "P
     try:
         torch.set_num_threads(1)
         models = [prepare(ops, f"net{j}") for j, ops in enumerate(archs)]
-        reference = (prepare([teacher.teacher_spec(i).key for i in range(len(teacher.layers))],
-                             "reference") if drift_correction else None)
+        reference = (prepare(teacher_architecture(teacher).ops, "reference")
+                     if references else None)
         torch.set_num_threads(threads)
         runs: list[list[tuple[Any, Any]]] = [[] for _ in archs]
         total = len(archs) * repeats
@@ -452,23 +469,28 @@ def measure_architectures(archs: Sequence[Sequence[str]], lut: "Lut", preset: "P
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
-    return _combine(runs)
+    return runs
 
 
-def _combine(runs: Sequence[Sequence[tuple[Any, Any]]]) -> list[tuple[float, float]]:
-    """Per network: drift-corrected median of the clean repeats, and the spread of all repeats."""
+def combine_repeats(runs: Sequence[Sequence[tuple[Any, Any]]], statistic: str = "median",
+                    drift_correction: bool = True) -> list[tuple[float, float]]:
+    """Per network of :func:`measure_repeats`: the median (or min) of its clean repeats, each
+    drift-corrected by the teacher timing next to it unless ``drift_correction`` is off (the
+    teacher timings are then ignored), and the spread of all its repeats."""
+    check_statistic(statistic)
     refs = [r.median for rs in runs for _, r in rs if r is not None and not r.noisy]
-    ref_all = statistics.median(refs) if refs else None
+    ref_all = statistics.median(refs) if refs and drift_correction else None
     out = []
     for rs in runs:
         values, clean = [], []
         for m, r in rs:
-            scale = ref_all / r.median if (ref_all and r is not None and not r.noisy) else 1.0
+            use = ref_all is not None and r is not None and not r.noisy
+            scale = ref_all / r.median if use else 1.0
             values.append(m.median * scale)
-            if not m.noisy and (r is None or not r.noisy):
+            if not m.noisy and (ref_all is None or r is None or not r.noisy):
                 clean.append(m.median * scale)
-        med = statistics.median(clean or values)
-        out.append((med, (max(values) - min(values)) / med if med > 0 else math.inf))
+        figure = (min if statistic == "min" else statistics.median)(clean or values)
+        out.append((figure, (max(values) - min(values)) / figure if figure > 0 else math.inf))
     return out
 
 
@@ -494,6 +516,7 @@ class CalibrationReport:
     family_terms_supported: bool
     written: bool
     seconds: float
+    alternatives: Mapping[str, Any] = field(default_factory=dict)  # see calibrate(compare=...)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -503,7 +526,7 @@ class CalibrationReport:
             "fit_set": {"before": dict(self.train_before), "after": dict(self.train_after)},
             "previous": self.previous, "previous_held_out": self.previous_held_out,
             "family_terms_supported": self.family_terms_supported, "written": self.written,
-            "seconds": self.seconds,
+            "seconds": self.seconds, "alternatives": dict(self.alternatives),
             "points": [{"raw_ms": p.raw_ms, "measured_ms": p.measured_ms, "spread": p.spread,
                         "held_out": p.held_out,
                         "calibrated_ms": self.fit.predict(p.raw_ms, p.ops)} for p in self.points],
@@ -525,14 +548,19 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
               protocol: "Protocol | None" = None, write: bool = True,
               plot: str | Path | None = None, candidates: Sequence[str] = FIT_NAMES,
               drift_correction: bool = True, pool: str | None = None,
-              progress: Callable[[int, int], None] | None = None) -> CalibrationReport:
+              progress: Callable[[int, int], None] | None = None,
+              statistic: str = "median", compare: Sequence[tuple[str, bool]] = ()
+              ) -> CalibrationReport:
     """Measure ``samples`` architectures of the LUT's pool on ``device``, fit, store, report.
 
     The fit uses the architectures not held out; ``before``/``after`` are errors on the held-out
     ones.  ``write=False`` reports without touching the LUT.  ``plot`` writes a PNG of predicted
     against measured latency, before and after.  ``pool`` (``small``, ``full``, ``single-shot``)
     draws the architectures from that pool of the LUT's teacher only (default: every op the LUT
-    has), so the fit is best where a search over that pool will look.
+    has), so the fit is best where a search over that pool will look.  ``statistic`` is what a
+    network's repeats reduce to (see :func:`measure_architectures`).  ``compare`` lists other
+    (statistic, drift correction) reductions of the same repeats whose held-out errors the report
+    also gives (``alternatives``): a comparison the machine's changes of speed cannot tilt.
     """
     from lana.lut import Lut
     from lana.validate import lut_protocol, open_lut
@@ -559,24 +587,37 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
         raise CalibrationError(f"the LUT's pool has only {len(archs)} distinct architectures; "
                                f"calibration needs 6 or more")
     raws = [lut.predict_raw(ops) for ops in archs]
-    measured = measure_architectures(archs, lut, preset, protocol=protocol, repeats=repeats,
-                                     drift_correction=drift_correction, progress=progress)
+    check_statistic(statistic)
+    for other, _ in compare:
+        check_statistic(other)
+    runs = measure_repeats(archs, lut, preset, protocol=protocol, repeats=repeats,
+                           references=drift_correction or any(d for _, d in compare),
+                           progress=progress)
+    supported = lut_applies_family_terms()
     order = sorted(range(len(archs)), key=lambda j: raws[j])
     held = split_held_out(len(archs), holdout)
-    points = [None] * len(archs)
-    for rank, j in enumerate(order):
-        points[j] = Point(tuple(archs[j]), raws[j], measured[j][0], measured[j][1], held[rank])
-    pts: list[Point] = list(points)  # type: ignore[arg-type]
-    train = [p for p in pts if not p.held_out]
-    test = [p for p in pts if p.held_out]
-    supported = lut_applies_family_terms()
-    fit, cv = fit_calibration([p.raw_ms for p in train], [p.measured_ms for p in train],
-                              [p.ops for p in train], candidates=candidates, seed=seed,
-                              allow_family_terms=supported)
+
+    def evaluate(statistic: str, drift: bool):
+        measured = combine_repeats(runs, statistic, drift)
+        points: list[Point] = [None] * len(archs)  # type: ignore[list-item]
+        for rank, j in enumerate(order):
+            points[j] = Point(tuple(archs[j]), raws[j], measured[j][0], measured[j][1], held[rank])
+        train = [p for p in points if not p.held_out]
+        fit, cv = fit_calibration([p.raw_ms for p in train], [p.measured_ms for p in train],
+                                  [p.ops for p in train], candidates=candidates, seed=seed,
+                                  allow_family_terms=supported)
+        return points, train, [p for p in points if p.held_out], fit, cv
 
     def stats(points: Sequence[Point], f: Callable[[Point], float]) -> dict[str, float]:
         return error_stats([f(p) for p in points], [p.measured_ms for p in points])
 
+    alternatives = {}
+    for other, drift in compare:
+        _, _, other_test, other_fit, _ = evaluate(other, drift)
+        alternatives[f"{other}{', drift-corrected' if drift else ''}"] = {
+            "model": other_fit.name, "before": stats(other_test, lambda p: p.raw_ms),
+            "after": stats(other_test, lambda p: other_fit.predict(p.raw_ms, p.ops))}
+    pts, train, test, fit, cv = evaluate(statistic, drift_correction)
     previous = lut.calibration
     prev_held = (stats(test, lambda p: apply_calibration(previous, p.raw_ms, p.ops))
                  if previous else None)
@@ -586,7 +627,7 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
         **fit.to_calibration(), "model": fit.name, "cv_error": fit.cv_error,
         "cv_errors": cv, "n_fit": len(train), "n_held_out": len(test), "repeats": repeats,
         "pool": pool,
-        "drift_correction": drift_correction,
+        "drift_correction": drift_correction, "statistic": statistic,
         "held_out": {"before": before, "after": after},
         "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "protocol": (protocol or lut_protocol(lut)).to_dict(),
@@ -604,7 +645,7 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
         train_before=stats(train, lambda p: p.raw_ms),
         train_after=stats(train, lambda p: fit.predict(p.raw_ms, p.ops)),
         previous=previous, previous_held_out=prev_held, family_terms_supported=supported,
-        written=written, seconds=time.perf_counter() - start)
+        written=written, seconds=time.perf_counter() - start, alternatives=alternatives)
     if plot is not None:
         plot_report(report, plot)
     return report

@@ -473,10 +473,23 @@ _HEADER_MUST_MATCH = ("teacher", "pool", "input_shape", "protocol", "ops_fingerp
 _DEVICE_MUST_MATCH = ("preset", "backend", "device", "precision", "batch_size", "threads")
 
 
-def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None) -> Lut:
-    """Join LUTs of one profile split into shards (``--shard i/n``); their headers must agree."""
+COMBINE = ("min", "median")
+
+
+def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None, *,
+          combine: str | None = None) -> Lut:
+    """Join LUTs of one profile split into shards (``--shard i/n``); their headers must agree.
+
+    With ``combine`` ("min" or "median") the files are instead whole profiles of the same pool
+    taken at different moments: an op measured in several of them gets the min (or median) of
+    its medians, and keeps them all under ``profiles``; so does the fixed part.  On a machine
+    whose busy moments only ever add time, the min keeps an op that one profile caught in a slow
+    moment out of the prediction.
+    """
     if not paths:
         raise LutError("nothing to merge; pass two or more LUT files")
+    if combine is not None and combine not in COMBINE:
+        raise LutError(f"--combine must be one of {', '.join(COMBINE)}, got {combine!r}")
     luts = [Lut.load(p, check_fingerprint=False) for p in paths]
     base = luts[0]
     merged = Lut(json.loads(json.dumps(base.data)))
@@ -487,8 +500,10 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
         diffs = [f for f in _HEADER_MUST_MATCH if base.data.get(f) != other.data.get(f)]
         diffs += [f"device.{f}" for f in _DEVICE_MUST_MATCH if base.device.get(f) != other.device.get(f)]
         if diffs:
+            what = ("profiles of one pool with one preset" if combine else
+                    "shards of one lana-profile command")
             raise LutError(f"cannot merge {other.path} into {base.path}: they differ in "
-                           f"{', '.join(diffs)}; merge only shards of one lana-profile command")
+                           f"{', '.join(diffs)}; merge only {what}")
         for key, entry in other.entries.items():
             current = merged.entries.get(key)
             if current is None or ("failed" in current and "median" in entry):
@@ -500,10 +515,34 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
         if other.device.get("seen") not in seen:
             seen.append(other.device.get("seen"))
     if len(seen) > 1:
-        merged.data["device"]["seen_shards"] = seen
+        merged.data["device"]["seen_shards" if combine is None else "seen_profiles"] = seen
+    if combine is not None:
+        _combine_profiles(merged, luts, combine)
+        merged.data["combined"] = combine
+        merged.data["calibration"] = None  # fitted to one profile's figures, not these
     if out is not None:
         merged.save(out)
     return merged
+
+
+def _combine_profiles(merged: Lut, luts: Sequence[Lut], combine: str) -> None:
+    """Per op (and for the fixed part) measured in several ``luts``: the entry of the fastest
+    profile (``min``), or the median of the medians (``median``); ``profiles`` lists them all."""
+
+    def reduce(entries: list[dict[str, Any]], current: dict[str, Any]) -> dict[str, Any]:
+        values = [float(e["median"]) for e in entries]
+        if combine == "min":
+            return {**entries[values.index(min(values))], "profiles": values}
+        return {**current, "median": statistics.median(values), "profiles": values,
+                "noisy": all(bool(e.get("noisy")) for e in entries)}
+
+    for key, entry in merged.entries.items():
+        found = [lut.entries[key] for lut in luts if "median" in lut.entries.get(key, {})]
+        if len(found) > 1:
+            merged.entries[key] = reduce(found, entry)
+    fixed = [lut.fixed for lut in luts if lut.fixed and "median" in lut.fixed]
+    if len(fixed) > 1:
+        merged.data["fixed"] = reduce(fixed, merged.fixed)
 
 
 def _family(key: str) -> str:

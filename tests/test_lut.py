@@ -223,6 +223,34 @@ def test_merge_shards_and_refuse_mismatched(tmp_path):
         merge([pa, pc])
 
 
+def test_merge_combines_whole_profiles_by_min_or_median(tmp_path):
+    profiles = []
+    for i, (teacher_ms, efn_ms, fixed_ms) in enumerate([(2.0, 1.0, 0.5), (3.0, 0.8, 0.7),
+                                                         (2.4, 1.2, 0.4)]):
+        lut = make_lut()
+        lut.set_entry(TEACHER, entry(teacher_ms, noisy=i == 1))
+        lut.set_entry(EFN, entry(efn_ms))
+        lut.set_fixed(entry(fixed_ms))
+        lut.data["calibration"] = {"kind": "affine", "offset_ms": 0.1, "slope": 1.0}
+        profiles.append(lut.save(tmp_path / f"p{i}.json"))
+    fastest = merge(profiles, tmp_path / "min.json", combine="min")
+    assert fastest.latency(TEACHER) == 2.0 and fastest.latency(EFN) == 0.8
+    assert fastest.fixed_ms == 0.4 and fastest.entries[EFN]["profiles"] == [1.0, 0.8, 1.2]
+    assert fastest.entries[EFN]["p90"] == pytest.approx(0.88)  # the fastest profile's entry
+    assert fastest.calibration is None and fastest.data["combined"] == "min"
+    assert fastest.latency(IDENTITY) == 0.01 and not fastest.has(CB)  # failed everywhere
+    middle = merge(profiles, combine="median")
+    assert middle.latency(TEACHER) == 2.4 and middle.latency(EFN) == 1.0 and middle.fixed_ms == 0.5
+    assert not middle.entries[TEACHER]["noisy"]  # noisy in one profile of three
+    again = Lut.load(tmp_path / "min.json")  # what was written passes the reader's checks
+    assert again.latency(EFN) == 0.8
+    with pytest.raises(LutError, match="--combine must be one of min, median"):
+        merge(profiles, combine="mean")
+    other = make_lut(pool="full").save(tmp_path / "other.json")
+    with pytest.raises(LutError, match="merge only profiles of one pool with one preset"):
+        merge([profiles[0], other], combine="min")
+
+
 def test_summarize_and_diff(tmp_path):
     a = make_lut()
     s = summarize(a)
@@ -263,3 +291,6 @@ def test_lut_commands_show_diff_merge(tmp_path, capsys):
     assert "faster   A on 1 ops, B on 0 ops" in text and "repeat" in text
     assert main(["lut", "merge", str(pa), str(pb), "--out", str(tmp_path / "m.json")]) == 0
     assert "3 measured" in capsys.readouterr().out and Lut.load(tmp_path / "m.json").has(EFN)
+    assert main(["lut", "merge", str(pa), str(pb), "--combine", "min",
+                 "--out", str(tmp_path / "f.json")]) == 0
+    assert Lut.load(tmp_path / "f.json").latency(EFN) == 1.0

@@ -3,6 +3,7 @@
     lana lut show luts/cpu-ort/demo.json        # device, load, protocol, coverage, noisy, extremes, families
     lana lut diff A.json B.json                 # op by op: ratio B/A, who is faster, per family
     lana lut merge part1.json part2.json --out full.json
+    lana lut merge run1.json run2.json run3.json --combine min --out fastest.json
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--top", type=int, default=5, help="how many largest changes to list")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=run_diff)
-    m = actions.add_parser("merge", help="join the shards of one lana-profile run")
-    m.add_argument("luts", nargs="+", help="shard LUT files")
+    m = actions.add_parser("merge", help="join the shards of one lana-profile run, or combine "
+                                         "whole profiles taken at different moments")
+    m.add_argument("luts", nargs="+", help="shard LUT files (or whole profiles, with --combine)")
+    m.add_argument("--combine", choices=("min", "median"),
+                   help="the files are whole profiles of one pool: per op, keep the fastest "
+                        "profile's entry (min; on a shared machine, whose busy moments only add "
+                        "time) or the median")
     m.add_argument("--out", required=True, help="merged LUT file to write")
     m.set_defaults(func=run_merge)
     try:  # `lana lut calibrate` lives in its own module
@@ -47,8 +53,8 @@ def _ms(value: float | None) -> str:
 
 def load_of(device: dict[str, Any]) -> dict[str, Any] | None:
     """The machine's load while a LUT was measured (``device.seen.load``); for merged shards, the
-    busiest shard's.  None for LUTs made before loads were recorded."""
-    seens = [device.get("seen"), *device.get("seen_shards", [])]
+    busiest shard's (or combined profile's).  None for LUTs made before loads were recorded."""
+    seens = [device.get("seen"), *device.get("seen_shards", []), *device.get("seen_profiles", [])]
     loads = [seen.get("load") for seen in seens if isinstance(seen, dict)]
     loads = [load for load in loads if isinstance(load, dict)]
     if not loads:
@@ -129,7 +135,7 @@ def run_diff(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from lana.lut import merge, summarize
 
-    merged = merge(args.luts, args.out)
+    merged = merge(args.luts, args.out, combine=args.combine)
     s = summarize(merged)
     print(f"{args.out}: {s['measured']} measured, {s['failed']} failed, {s['missing']} missing of "
           f"{s['required']} needed (from {len(args.luts)} files)")

@@ -8,6 +8,10 @@ cross-validated error wins), writes it to the LUT's calibration field (atomic wr
 the error before and after on the held-out architectures.  lana search and lana validate apply it.
 
     lana lut calibrate --lut luts/cpu-ort/demo.json --device cpu-ort --teacher demo --samples 30
+
+On a machine shared with other work, whose busy moments only ever add time, measure more repeats
+and keep each architecture's fastest (--statistic min --no-drift-correction --repeats 5), and
+profile the LUT several times, at different moments, joined with `lana lut merge --combine min`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ def register_into(lut_sub: argparse._SubParsersAction) -> None:
                         "has); calibrate for the pool you will search")
     p.add_argument("--no-drift-correction", action="store_true",
                    help="do not scale each measurement by the teacher measured next to it")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="what an architecture's repeats reduce to (default median); min finds "
+                        "the uncontended latency on a shared machine, with --no-drift-correction")
     p.add_argument("--dry-run", action="store_true", help="report without writing the LUT")
     p.add_argument("--plot", help="write a PNG of predicted vs. measured latency here")
     p.add_argument("--json", action="store_true", help="machine-readable report")
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                holdout=args.holdout, repeats=args.repeats, seed=args.seed,
                                write=not args.dry_run, plot=args.plot,
                                drift_correction=not args.no_drift_correction, pool=args.pool,
-                               progress=progress)
+                               progress=progress, statistic=args.statistic)
         finally:
             if bar is not None:
                 bar.stop()

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from lana.calibrate import (CalibrationError, apply_calibration, calibrate, error_stats,
-                            fit_calibration, sample_architectures, split_held_out)
+from lana.calibrate import (CalibrationError, apply_calibration, calibrate, combine_repeats,
+                            error_stats, fit_calibration, measure_architectures,
+                            sample_architectures, split_held_out)
 from lana.lut import Lut
 from lana.spec import OpSpec
 
@@ -138,6 +139,46 @@ def test_calibrate_command(demo_lut, tiny_device, capsys):
                               "--teacher", "efficientnet_b0"])
     with pytest.raises(LanaError, match="not 'efficientnet_b0'"):
         args.func(args)
+
+
+class _Timing:
+    def __init__(self, median: float, noisy: bool = False) -> None:
+        self.median, self.noisy = median, noisy
+
+
+def test_repeats_reduce_to_median_or_min_and_noisy_repeats_are_left_out():
+    # network 0: one repeat caught in a slow moment; network 1: its fastest repeat was noisy
+    runs = [[(_Timing(1.0), None), (_Timing(1.6), None), (_Timing(1.1), None)],
+            [(_Timing(2.2), None), (_Timing(1.5, noisy=True), None), (_Timing(2.0), None)]]
+    (m0, s0), (m1, _) = combine_repeats(runs)
+    assert m0 == pytest.approx(1.1) and s0 == pytest.approx(0.6 / 1.1)
+    assert m1 == pytest.approx(2.1)  # median of the two clean repeats
+    (n0, t0), (n1, _) = combine_repeats(runs, "min")
+    assert n0 == pytest.approx(1.0) and t0 == pytest.approx(0.6)
+    assert n1 == pytest.approx(2.0)  # the noisy 1.5 does not count
+    # drift correction scales each repeat by (median teacher) / (teacher next to it)
+    drift = [[(_Timing(1.0), _Timing(1.0)), (_Timing(2.0), _Timing(2.0))]]
+    assert combine_repeats(drift)[0][0] == pytest.approx(1.5)
+    assert combine_repeats(drift, "min")[0][0] == pytest.approx(1.5)
+    assert combine_repeats(drift, "min", drift_correction=False)[0][0] == 1.0
+
+
+def test_min_statistic_end_to_end_and_bad_statistic(demo_lut, tiny_device):
+    from lana.validate import open_lut
+
+    lut, preset = open_lut(demo_lut, tiny_device)
+    archs = sample_architectures(lut, 2, seed=1)
+    results = measure_architectures(archs, lut, preset, repeats=2, drift_correction=False,
+                                     statistic="min")
+    assert len(results) == 2 and all(ms > 0 and spread >= 0 for ms, spread in results)
+    with pytest.raises(CalibrationError, match="statistic must be one of median, min"):
+        measure_architectures(archs, lut, preset, statistic="p10")
+    report = calibrate(demo_lut, tiny_device, samples=6, repeats=2, write=True,
+                       drift_correction=False, statistic="min", compare=[("median", True)])
+    assert Lut.load(demo_lut).calibration["statistic"] == "min" and report.written
+    alt = report.to_dict()["alternatives"]["median, drift-corrected"]  # the same repeats
+    assert alt["after"]["n"] == report.after["n"] == 2 and alt["model"]
+    assert alt["before"]["median_abs"] != report.before["median_abs"]  # a different reduction
 
 
 def test_sampling_refuses_a_lut_without_layers(demo_lut):
