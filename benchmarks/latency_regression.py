@@ -230,7 +230,7 @@ def run(*, lut_path: str | None = None, repeats: int = 3, speedup_rounds: int = 
         log=print) -> dict[str, Any]:
     import torch
 
-    from lana.assemble import Architecture, build_student
+    from lana.assemble import Architecture, build_student, teacher_architecture
     from lana.bench import clean_ratio, interleaved
     from lana.calibrate import error_stats, fit_calibration, measure_architectures
     from lana.pool import build_pool
@@ -261,7 +261,7 @@ def run(*, lut_path: str | None = None, repeats: int = 3, speedup_rounds: int = 
 
     # 2. Speed-up of the accelerated network over the teacher, one run, alternating.
     t0 = time.perf_counter()
-    teacher_ops = tuple(teacher.teacher_spec(i).key for i in range(len(teacher.layers)))
+    teacher_ops = teacher_architecture(teacher).ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast_net, _ = build_student(Architecture("demo", "small", fast), teacher)

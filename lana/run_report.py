@@ -26,7 +26,7 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
     candidates: those the verify stage measured, scaled to this session's teacher, or (a run without
     that stage) the search's candidates, measured once each here with random weights.
     """
-    from lana.assemble import load_student, read_arch
+    from lana.assemble import load_student, read_arch, teacher_architecture
     from lana.lut import Lut
     from lana.ops import deploy
     from lana.select import read_architectures
@@ -41,7 +41,7 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
     teacher_model = deploy(p.teacher.model)
     student = deploy(load_student(p.path("finetune") / "student.pt"))
     arch = read_arch(p.path("select.json"))
-    teacher_keys = [p.teacher.teacher_spec(i).key for i in range(len(p.teacher.layers))]
+    teacher_keys = teacher_architecture(p.teacher).ops
 
     t_runs, s_runs = [], []
     for _ in range(ROUNDS):

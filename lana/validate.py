@@ -343,7 +343,8 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     warning says so.  ``protocol`` overrides the LUT's (tests); ``repeats`` > 1 measures several
     times and keeps the median repeat.
     """
-    from lana.assemble import Architecture, build_student, check_arch, load_student, read_arch
+    from lana.assemble import (Architecture, build_student, check_arch, load_student, read_arch,
+                               teacher_architecture)
     from lana.teachers import create_teacher
 
     if not 0 <= tolerance < 10:
@@ -359,7 +360,7 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     check_lut_layers(lut_obj, teacher)
     check_arch(arch, teacher)
     raw, calibrated = predicted(lut_obj, arch.ops)
-    teacher_keys = [teacher.teacher_spec(i).key for i in range(len(teacher.layers))]
+    teacher_keys = teacher_architecture(teacher).ops
     teacher_ms = lut_obj.predict(teacher_keys) if all(lut_obj.has(k) for k in teacher_keys) else None
     if budget is not None:
         budget_ms = parse_budget(budget, teacher_ms)
