@@ -367,7 +367,7 @@ class Point:
     ops: tuple[str, ...]
     raw_ms: float  # LUT sum, fixed included
     measured_ms: float  # median (or min) of the clean repeats, see measure_architectures
-    spread: float  # (max - min) / median of the repeat medians: the measurement's own noise
+    spread: float  # (max - min) of the repeats / measured_ms: the measurement's own noise
     held_out: bool = False
 
 
@@ -597,8 +597,8 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     order = sorted(range(len(archs)), key=lambda j: raws[j])
     held = split_held_out(len(archs), holdout)
 
-    def evaluate(statistic: str, drift: bool):
-        measured = combine_repeats(runs, statistic, drift)
+    def evaluate(reduce_by: str, drift: bool):
+        measured = combine_repeats(runs, reduce_by, drift)
         points: list[Point] = [None] * len(archs)  # type: ignore[list-item]
         for rank, j in enumerate(order):
             points[j] = Point(tuple(archs[j]), raws[j], measured[j][0], measured[j][1], held[rank])

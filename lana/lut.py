@@ -481,8 +481,9 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
     """Join LUTs of one profile split into shards (``--shard i/n``); their headers must agree.
 
     With ``combine`` ("min" or "median") the files are instead whole profiles of the same pool
-    taken at different moments: an op measured in several of them gets the min (or median) of
-    its medians, and keeps them all under ``profiles``; so does the fixed part.  On a machine
+    taken at different moments: an op measured in several of them gets the fastest profile's
+    entry (``min``) or the median of its medians, and keeps them all under ``profiles``; so does
+    the fixed part.  On a machine
     whose busy moments only ever add time, the min keeps an op that one profile caught in a slow
     moment out of the prediction.
     """
