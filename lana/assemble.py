@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from lana.errors import LanaError
+from lana.errors import LanaError, read_json_file
 from lana.spec import OpSpec, parse_key
 
 if TYPE_CHECKING:
@@ -136,14 +136,9 @@ def read_arch(path: str | Path, index: int | None = None) -> Architecture:
     picks one (0 = the first).  With several and no index the first is used and a warning says so.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArchError(f"architecture file {path} does not exist; write one with lana search "
-                        f"--out {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ArchError(f"architecture file {path} is not valid JSON (line {exc.lineno}: "
-                        f"{exc.msg}); re-run lana search") from None
+    data = read_json_file(path, ArchError, "architecture file",
+                          missing=f"write one with lana search --out {path}",
+                          invalid="re-run lana search")
     found = _collect_archs(data)
     if not found:
         if isinstance(data, Mapping) and "schema" in data and "ops" in data:

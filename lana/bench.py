@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from lana.errors import LanaError
+from lana.errors import LanaError, read_json_file
 
 if TYPE_CHECKING:
     from torch import nn
@@ -303,15 +303,9 @@ def save_baseline(result: BenchResult, path: str | Path) -> Path:
 
 
 def read_baseline(path: str | Path) -> BenchResult:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BenchError(f"baseline {path} does not exist; make it with lana bench ... "
-                         f"--save-baseline {path}") from None
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"baseline {path} is not valid JSON ({exc.msg}); save a new one with "
-                         f"--save-baseline") from None
+    data = read_json_file(path, BenchError, "baseline",
+                          missing=f"make it with lana bench ... --save-baseline {path}",
+                          invalid="save a new one with --save-baseline")
     return BenchResult.from_dict(data, f"baseline {path}")
 
 

@@ -1,5 +1,11 @@
 """Errors the CLI reports as one line (``error: ...``, exit code 2) instead of a traceback."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
 
 class LanaError(Exception):
     """A problem with the user's input or environment; the message says how to fix it."""
@@ -10,3 +16,17 @@ class UnknownNameError(LanaError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+def read_json_file(path: str | Path, error: type[LanaError], what: str, *, missing: str,
+                   invalid: str) -> Any:
+    """The parsed JSON of an input file; ``error`` with one line naming ``what`` the file is and
+    the fix (``missing`` when it does not exist, ``invalid`` when it is not JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist; {missing}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
+                    f"{invalid}") from None

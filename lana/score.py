@@ -44,7 +44,7 @@ from lana.defaults import (
 )
 from lana.distributed import (iter_batches, place, place_module, progress_bar,
                               resolve_device)
-from lana.errors import LanaError
+from lana.errors import LanaError, read_json_file
 
 if TYPE_CHECKING:
     from lana.teachers import Teacher
@@ -254,14 +254,9 @@ def read_scores(path: str | Path, *, teacher: "str | Teacher | None" = None,
                 pool: str | None = None) -> dict:
     """Read a scores file, checking its schema and (when given) its teacher, weights and pool."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScoreError(f"scores file {path} does not exist; write it with lana score --out "
-                         f"{path}") from None
-    except json.JSONDecodeError as exc:
-        raise ScoreError(f"scores file {path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
-                         f"re-run lana score") from None
+    data = read_json_file(path, ScoreError, "scores file",
+                          missing=f"write it with lana score --out {path}",
+                          invalid="re-run lana score")
     if not isinstance(data, dict) or str(data.get("schema", "")).partition("/")[0] != "lana.scores":
         raise ScoreError(f"{path} is not a scores file (schema {SCHEMA!r}); pass the file written "
                          f"by lana score")

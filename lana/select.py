@@ -36,7 +36,7 @@ from lana.defaults import (
     SELECT_BATCH_SIZE as DEFAULT_BATCH_SIZE,
 )
 from lana.distributed import Split, iter_batches, place, place_module, resolve_device
-from lana.errors import LanaError
+from lana.errors import LanaError, read_json_file
 
 if TYPE_CHECKING:
     from lana.assemble import Architecture
@@ -128,15 +128,9 @@ def _walk(node: Any, ctx: dict) -> Iterator[tuple[Mapping, dict]]:
 def read_search_result(path: str | Path) -> Any:
     """The parsed JSON of a search result (or architecture file); one-line errors when missing or
     not JSON."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SelectError(f"search result {path} does not exist; write it with lana search --out "
-                          f"{path}") from None
-    except json.JSONDecodeError as exc:
-        raise SelectError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run lana "
-                          f"search") from None
+    return read_json_file(path, SelectError, "search result",
+                          missing=f"write it with lana search --out {path}",
+                          invalid="re-run lana search")
 
 
 def read_architectures(path: str | Path, budget: str | float | None = None) -> list[Candidate]:

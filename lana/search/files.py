@@ -5,7 +5,6 @@ The solver itself never touches files; this module is the bridge used by ``lana 
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lana.errors import read_json_file
 from lana.search.errors import SearchError, SearchWarning
 from lana.search.table import SearchTable
 
@@ -23,14 +23,9 @@ ARCH_SCHEMA = "lana.arch/1"
 def read_scores(path: str | Path) -> dict[str, Any]:
     """The scores file as a dict, with its schema and per-layer scores checked."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SearchError(f"scores file {path} does not exist; write it with lana score --out "
-                          f"{path}") from None
-    except json.JSONDecodeError as exc:
-        raise SearchError(f"scores file {path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
-                          f"re-run lana score") from None
+    data = read_json_file(path, SearchError, "scores file",
+                          missing=f"write it with lana score --out {path}",
+                          invalid="re-run lana score")
     if not isinstance(data, dict) or data.get("schema") != SCORES_SCHEMA:
         got = data.get("schema") if isinstance(data, dict) else None
         raise SearchError(f"{path} is not a {SCORES_SCHEMA} scores file (schema {got!r}); pass "
