@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="on a regression, measure again up to N times; a metric fails only "
                              "when it regresses every time (a shared machine's noise passes, a "
                              "real regression does not)")
+    parser.add_argument("--confirm-wait", type=float, default=0.0, metavar="S",
+                        help="seconds to wait before each re-measurement, so that the repeats "
+                             "sample a shared machine's slow and normal periods, which last minutes")
     parser.add_argument("--save-baseline", help="write a baseline from --runs (or this run)")
     parser.add_argument("--runs", nargs="*", help="result files of repeated runs for --save-baseline")
     parser.add_argument("--out", help="also write the result JSON here")
@@ -410,8 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             failing = {r["metric"] for r in rows if r["regression"]}
             if not failing:
                 break
-            log(f"  {', '.join(sorted(failing))} over the limit; measuring again to confirm "
+            wait = f" in {args.confirm_wait:g} s" if args.confirm_wait > 0 else ""
+            log(f"  {', '.join(sorted(failing))} over the limit; measuring again{wait} to confirm "
                 f"({attempt + 1}/{args.confirm})")
+            time.sleep(max(0.0, args.confirm_wait))
             again = compare(run(lut_path=args.lut, repeats=args.repeats, log=log), baseline)
             for row, new_row in zip(rows, again):
                 if row["regression"] and not new_row["regression"]:
