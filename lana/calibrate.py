@@ -382,11 +382,12 @@ def measure_architectures(archs: Sequence[Sequence[str]], lut: "Lut", preset: "P
     Repeats are interleaved (every network once, then every network again), so slow drift of the
     machine spreads over all networks instead of biasing some.  With ``drift_correction`` the
     teacher network is measured right before every network, in a session kept open for the round,
-    and each measurement is scaled by (median teacher latency) / (teacher latency next to it): a
-    machine that runs everything 1.5x slower for half a minute (frequency, a neighbour) then
-    leaves the figures alone.  A network's figure is the median (``statistic="min"``: the
-    minimum) of its repeats whose measurements were not flagged noisy (all of them when every one
-    was); the spread is (max - min) / that figure.  Each network is exported once.
+    and each measurement is scaled by (median teacher latency) / (teacher latency around it; see
+    :func:`combine_repeats`): a machine that runs everything 1.5x slower for half a minute
+    (frequency, a neighbour) then leaves the figures alone.  A network's figure is the median
+    (``statistic="min"``: the minimum) of its repeats whose measurements were not flagged noisy
+    (all of them when every one was); the spread is (max - min) / that figure.  Each network is
+    exported once.
 
     The minimum suits a machine shared with other work, whose slow periods only ever add time:
     with repeats spread over minutes it finds each network's uncontended latency, where the
@@ -473,19 +474,40 @@ def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset"
 
 
 def combine_repeats(runs: Sequence[Sequence[tuple[Any, Any]]], statistic: str = "median",
-                    drift_correction: bool = True) -> list[tuple[float, float]]:
+                    drift_correction: bool = True, window: int = 3) -> list[tuple[float, float]]:
     """Per network of :func:`measure_repeats`: the median (or min) of its clean repeats, each
-    drift-corrected by the teacher timing next to it unless ``drift_correction`` is off (the
-    teacher timings are then ignored), and the spread of all its repeats."""
+    drift-corrected unless ``drift_correction`` is off (the teacher timings are then ignored), and
+    the spread of all its repeats.
+
+    Drift correction scales a repeat by (median teacher timing) / (local teacher timing), where the
+    local timing is the median of the teacher timings right before the network, right after it
+    (before the next network) and before the previous one, in the order they were taken.  A
+    slowdown that two neighbouring teacher timings share is drift and is followed; one teacher
+    timing caught alone in a burst shorter than a measurement is not, where scaling by it alone
+    would move the network next to it by the size of the burst.  ``window`` (odd) is how many
+    teacher timings that median takes; 1 scales by the timing right before the network alone."""
     check_statistic(statistic)
-    refs = [r.median for rs in runs for _, r in rs if r is not None and not r.noisy]
+    if window < 1 or window % 2 == 0:
+        raise CalibrationError(f"the drift-correction window must be an odd count of teacher "
+                               f"timings (1, 3, 5, ...), got {window}")
+    half = window // 2
+    n_repeats = max((len(rs) for rs in runs), default=0)
+    order = [(j, k) for k in range(n_repeats) for j in range(len(runs)) if k < len(runs[j])]
+    clean_refs = [None if r is None or r.noisy else r.median
+                  for r in (runs[j][k][1] for j, k in order)]
+    refs = [v for v in clean_refs if v is not None]
     ref_all = statistics.median(refs) if refs and drift_correction else None
+    local: dict[tuple[int, int], float] = {}
+    if ref_all is not None:
+        for t, (j, k) in enumerate(order):
+            near = [v for v in clean_refs[max(0, t - half):t + half + 1] if v is not None]
+            if clean_refs[t] is not None:
+                local[j, k] = statistics.median(near)
     out = []
-    for rs in runs:
+    for j, rs in enumerate(runs):
         values, clean = [], []
-        for m, r in rs:
-            use = ref_all is not None and r is not None and not r.noisy
-            scale = ref_all / r.median if use else 1.0
+        for k, (m, r) in enumerate(rs):
+            scale = ref_all / local[j, k] if (j, k) in local else 1.0
             values.append(m.median * scale)
             if not m.noisy and (ref_all is None or r is None or not r.noisy):
                 clean.append(m.median * scale)

@@ -23,7 +23,7 @@ The passing architectures (all rounds) go to the selection; every measured one i
      "measured": [{"keys": [...], "objective", "predicted_ms", "measured_ms", "measured_ratio",
                    "spread", "passed", "round", "x", "y"}, ...],    # every candidate measured
      "rounds": [{"limit_ms", "found", "passed", "teacher_ms", "budget_ms", "ratio_q75",
-                 "method"}, ...],
+                 "spread_median", "method"}, ...],
      "passed": N, "researched": R, "fallback": false}
 
 ``measured_ratio`` is measured / the teacher measured in the same round; ``x`` and ``y`` are
@@ -48,6 +48,7 @@ from lana.errors import LanaError
 VERIFY_SCHEMA = "lana.verify/1"
 MIN_SHRINK = 0.01  # each re-search lowers the predicted limit by at least this share
 AIM = 0.02  # a re-search aims this share inside the budget
+BUSY_SPREAD = 0.15  # a round whose networks' repeats spread more (median) is reported as noisy
 
 
 class VerifyError(LanaError):
@@ -139,13 +140,17 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
         passed = sum(1 for m in measured if m["passed"])
         this = [m for m in measured if m["round"] == r]
         q75 = _quantile([m["y"] / m["x"] for m in this], 0.75)
+        spread = _quantile([s for _, s in results], 0.5)
         round_log.append({"limit_ms": limit, "found": len(batch),
                           "passed": sum(1 for m in this if m["passed"]),
-                          "teacher_ms": teacher_ms, "budget_ms": budget_ms, "ratio_q75": q75})
+                          "teacher_ms": teacher_ms, "budget_ms": budget_ms, "ratio_q75": q75,
+                          "spread_median": spread})
         if log is not None:
+            busy = (f"; the machine was busy: repeats of a network spread {spread:.0%} (median), "
+                    f"so verdicts near the budget are uncertain" if spread > BUSY_SPREAD else "")
             log(f"round {r + 1}: {round_log[-1]['passed']} of {len(batch)} candidates within "
                 f"{budget_ms:.4f} ms measured (teacher {teacher_ms:.4f} ms; measured/predicted "
-                f"upper quartile {q75:.3f}{' relative to the teacher' if relative else ''})")
+                f"upper quartile {q75:.3f}{' relative to the teacher' if relative else ''}){busy}")
         if passed >= min(min_kept, len(cands)) or r == rounds:
             break
         goal = (budget_ms / scale_meas) * (1 - AIM)

@@ -162,9 +162,9 @@ def test_verify_stage_measures_candidates_and_selects_a_passing_one(finished_run
         others[0]["measured_ratio"] * val["teacher"]["measured_ms"])
 
 
-def _fake_measurements(monkeypatch, factor):
+def _fake_measurements(monkeypatch, factor, spread=0.0):
     """Every candidate measures ``factor(predicted)`` x its calibrated prediction; the teacher
-    measures exactly its prediction."""
+    measures exactly its prediction; every network's repeats spread ``spread``."""
     import lana.calibrate as calibrate
 
     calls = []
@@ -172,8 +172,8 @@ def _fake_measurements(monkeypatch, factor):
     def fake(archs, lut, preset, **kwargs):
         calls.append(len(archs))
         teacher = lut.predict(archs[0])
-        return [(teacher, 0.0)] + [(factor(lut.predict(a)) * lut.predict(a), 0.0)
-                                   for a in archs[1:]]
+        return [(teacher, spread)] + [(factor(lut.predict(a)) * lut.predict(a), spread)
+                                      for a in archs[1:]]
 
     monkeypatch.setattr(calibrate, "measure_architectures", fake)
     return calls
@@ -228,6 +228,21 @@ def test_verify_keeps_the_fastest_with_a_warning_when_nothing_fits(finished_run,
                  "--device", tiny_device, "--budget", "0.6x", "--rounds", "0",
                  "--out", str(tmp_path / "v.json")])
     assert code == 1 and "no candidate met the budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.4])
+def test_verify_says_when_the_machine_was_too_busy_to_trust_verdicts(finished_run, tiny_device,
+                                                                     monkeypatch, spread):
+    from lana.verify import verify
+
+    out, _ = finished_run
+    _fake_measurements(monkeypatch, lambda pred: 0.5, spread=spread)
+    lines = []
+    doc = verify(out / "search.json", out / "lut.json", tiny_device, "0.6x", rounds=0,
+                 log=lines.append)
+    assert doc["rounds"][0]["spread_median"] == pytest.approx(spread)
+    assert len(lines) == 1 and ("machine was busy" in lines[0]) == (spread > 0.15)
+    assert "spread 40% (median)" in lines[0] or spread < 0.15
 
 
 def test_verify_missing_search_is_one_line_error(tmp_path, tiny_device, capsys):

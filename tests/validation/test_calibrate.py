@@ -156,11 +156,41 @@ def test_repeats_reduce_to_median_or_min_and_noisy_repeats_are_left_out():
     (n0, t0), (n1, _) = combine_repeats(runs, "min")
     assert n0 == pytest.approx(1.0) and t0 == pytest.approx(0.6)
     assert n1 == pytest.approx(2.0)  # the noisy 1.5 does not count
-    # drift correction scales each repeat by (median teacher) / (teacher next to it)
-    drift = [[(_Timing(1.0), _Timing(1.0)), (_Timing(2.0), _Timing(2.0))]]
-    assert combine_repeats(drift)[0][0] == pytest.approx(1.5)
-    assert combine_repeats(drift, "min")[0][0] == pytest.approx(1.5)
-    assert combine_repeats(drift, "min", drift_correction=False)[0][0] == 1.0
+
+
+def _interleaved(net_ms, teacher_ms):
+    """measure_repeats' layout from timings in the order taken: every network once per repeat,
+    each after a teacher timing: ``net_ms[t]`` and ``teacher_ms[t]``, t = repeat * n + network."""
+    n = 3
+    return [[(_Timing(net_ms[k * n + j]), _Timing(teacher_ms[k * n + j]))
+             for k in range(len(net_ms) // n)] for j in range(n)]
+
+
+def test_drift_correction_follows_a_slowdown_the_teacher_timings_share():
+    # the whole second repeat runs 2x slower: every network and every teacher timing in it
+    runs = _interleaved([1.0, 2.0, 3.0, 2.0, 4.0, 6.0], [1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    for statistic in ("median", "min"):
+        figures = [f for f, _ in combine_repeats(runs, statistic)]
+        assert figures == pytest.approx([1.5, 3.0, 4.5])  # in the frame of the median teacher
+    plain = [f for f, _ in combine_repeats(runs, "min", drift_correction=False)]
+    assert plain == [1.0, 2.0, 3.0]
+
+
+def test_drift_correction_ignores_a_burst_only_one_teacher_timing_saw():
+    # nothing changes for the networks; the teacher timing before network 1 in repeat 2 is caught
+    # in a 3x burst.  Scaling by that timing alone would make network 1 look 3x faster there.
+    runs = _interleaved([1.0, 2.0, 3.0] * 3, [1.0] * 4 + [3.0] + [1.0] * 4)
+    for statistic in ("median", "min"):
+        assert [f for f, _ in combine_repeats(runs, statistic)] == pytest.approx([1.0, 2.0, 3.0])
+    # a window of one follows the burst: network 1's figure there is 3x too fast
+    single = combine_repeats(runs, "min", window=1)
+    assert single[1][0] == pytest.approx(2.0 / 3.0)
+    with pytest.raises(CalibrationError, match="odd count"):
+        combine_repeats(runs, window=2)
+    # a noisy teacher timing is neither a reference nor a neighbour
+    noisy = _interleaved([1.0, 2.0, 3.0] * 3, [1.0] * 9)
+    noisy[1][1] = (_Timing(2.0), _Timing(5.0, noisy=True))
+    assert [f for f, _ in combine_repeats(noisy, "min")] == pytest.approx([1.0, 2.0, 3.0])
 
 
 def test_min_statistic_end_to_end_and_bad_statistic(demo_lut, tiny_device):
