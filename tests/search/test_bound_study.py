@@ -43,3 +43,23 @@ def test_kept_rows_bound_lies_between_lp_and_optimum(seed):
     for b in bounds:
         assert lp.bound - 1e-9 <= b <= optimum + 1e-9
     assert bounds[2] >= bounds[0] - 1e-9  # every row kept: at least as tight as one
+
+
+def test_prove_reports_a_certified_gap_and_the_optimum(capsys):
+    """--prove solves the uncorrelated case's solve N with HiGHS: to optimality by default (the
+    LP's distance from the optimum is then known), or only to --prove-gap."""
+    import json
+
+    def run(*extra):
+        argv = ["--cases", "", "--layers", "10", "--ops", "12", "--prove", "4", "--json", *extra]
+        assert _benchmark().main(argv) == 0
+        return json.loads(capsys.readouterr().out)["prove"]
+
+    exact = run()
+    assert exact["highs_status"] == "optimal" and exact["highs_gap"] <= 1e-9
+    assert 0.0 <= exact["optimum_lp_gap"] < 1.0
+    assert exact["search_excess"] >= -1e-9  # nothing beats the proven optimum
+    loose = run("--prove-gap", "0.05")
+    assert loose["prove_gap"] == 0.05 and loose["optimum_lp_gap"] is None
+    assert loose["highs_gap"] <= 0.05 + 1e-9
+    assert loose["highs_bound"] <= exact["highs_objective"] + 1e-9
