@@ -187,9 +187,11 @@ def test_drift_correction_ignores_a_burst_only_one_teacher_timing_saw():
     assert single[1][0] == pytest.approx(2.0 / 3.0)
     with pytest.raises(CalibrationError, match="odd count"):
         combine_repeats(runs, window=2)
-    # a noisy teacher timing is neither a reference nor a neighbour
+    # a noisy teacher timing is neither a reference nor a neighbour: network 1 in repeat 2 sits
+    # between two noisy 5.0 timings, whose median with its own would scale it to 0.4
     noisy = _interleaved([1.0, 2.0, 3.0] * 3, [1.0] * 9)
-    noisy[1][1] = (_Timing(2.0), _Timing(5.0, noisy=True))
+    noisy[0][1] = (_Timing(1.0), _Timing(5.0, noisy=True))
+    noisy[2][1] = (_Timing(3.0), _Timing(5.0, noisy=True))
     assert [f for f, _ in combine_repeats(noisy, "min")] == pytest.approx([1.0, 2.0, 3.0])
 
 
