@@ -36,9 +36,7 @@ def run(args) -> dict:
     from lana.validate import open_lut
 
     lut, preset = open_lut(args.lut, args.device)
-    sampled = sample_architectures(lut, args.networks, seed=args.seed)  # the teacher among them
-    teacher = [a for a in sampled if all(k.startswith("teacher:") for k in a)]
-    archs = teacher + [a for a in sampled if a not in teacher]
+    archs = sample_architectures(lut, args.networks, seed=args.seed)  # the teacher first
     t0 = time.perf_counter()
     rounds = []
     with warnings.catch_warnings():

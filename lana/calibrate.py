@@ -316,7 +316,7 @@ def sample_architectures(lut: "Lut", n: int, *, seed: int = 0, pool_size: int = 
     Candidates mix "keep the teacher op" with uniform random ops at rates from 0 to 1, so both
     near-teacher and heavily replaced networks occur; then one candidate is taken nearest each of
     ``n`` evenly spaced latency targets between the fastest and slowest candidate.  The teacher
-    itself is always one of them.  ``pool`` restricts the ops as in :func:`layer_choices`.
+    itself is always one of them, the first.  ``pool`` restricts the ops as in :func:`layer_choices`.
     """
     if n < 1:
         raise CalibrationError(f"--samples must be >= 1, got {n}")

@@ -27,8 +27,8 @@ The passing architectures (all rounds) go to the selection; every measured one i
      "passed": N, "researched": R, "fallback": false}
 
 ``measured_ratio`` is measured / the teacher measured in the same round; ``x`` and ``y`` are
-predicted and measured in the budget's frame: relative to the teacher's prediction and measurement for a
-relative budget, milliseconds otherwise.
+predicted and measured in the budget's frame: relative to the teacher's prediction and measurement
+for a relative budget, milliseconds otherwise.
 
 When no candidate passes after the last round, the ``min_kept`` fastest measured ones are kept
 (``fallback``: true) with a warning, so the run goes on and its validation reports the miss.
