@@ -38,14 +38,14 @@ STAGES = ("profile", "pretrain", "score", "search", "verify", "select", "finetun
           "report")
 # The settings each stage depends on directly ...
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "profile": ("teacher", "device", "pool", "lut", "calibrate"),
+    "profile": ("teacher", "device", "pool", "lut", "calibrate", "repeats"),
     "pretrain": ("teacher", "pool", "data", "seed", "pretrain_epochs", "images"),
     "score": ("score_samples",),
     "search": ("budget", "k", "overlap"),
-    "verify": ("verify_rounds",),
+    "verify": ("verify_rounds", "repeats"),
     "select": (),
     "finetune": ("finetune_epochs",),
-    "validate": ("tolerance",),
+    "validate": ("tolerance", "repeats"),
     "report": (),
 }
 # ... and the stages whose artifacts it reads.  Distillation and scoring do not depend on the
@@ -74,6 +74,9 @@ STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "report": ("summary.json", "report.md", "teacher_vs_student.png", "pareto.png", "layers.png",
                "predicted_vs_measured.png"),
 }
+# Settings added after run directories were first written, and their defaults: left out of a
+# stage's digest at that default, so that a directory written before them resumes where it was.
+LATER_DEFAULTS: dict[str, Any] = {"repeats": 3}
 # Settings that make a directory "another run": changing them needs --force.
 IDENTITY = ("teacher", "pool", "data")
 SCHEMA = "lana.run/1"
@@ -104,9 +107,11 @@ class RunConfig:
     score_samples: int | None = None
     tolerance: float = 0.05  # measured latency may exceed the budget by this share
     verify_rounds: int = 3  # re-searches while too few candidates meet the budget (0: none)
+    repeats: int = 3  # end-to-end measurements of each network: calibration, verify, validation
 
     def digest(self, names: tuple[str, ...]) -> str:
-        values = {n: getattr(self, n) for n in names}
+        values = {n: getattr(self, n) for n in names
+                  if not (n in LATER_DEFAULTS and getattr(self, n) == LATER_DEFAULTS[n])}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -255,6 +260,9 @@ class Pipeline:
             from lana.ops import POOLS
 
             raise RunError(f"unknown pool {config.pool!r}; valid pools: {', '.join(POOLS)}")
+        if config.repeats < 1:
+            raise RunError(f"--repeats must be at least 1 (end-to-end measurements of each "
+                           f"network), not {config.repeats}")
         self.manifest = _prepare_dir(self.out, config, force)
         self._teacher = None
 
@@ -368,7 +376,7 @@ class Pipeline:
                                  f"{c.pool} pool measured end to end"):
             # Affine fits only: the search exploits per-family terms (see AFFINE_FITS).
             rep = calibrate(target, c.device, teacher=c.teacher, samples=samples, seed=c.seed,
-                            pool=c.pool, candidates=AFFINE_FITS)
+                            pool=c.pool, candidates=AFFINE_FITS, repeats=c.repeats)
         held = {"held_out": {"before": rep.before, "after": rep.after}}
         self.console.print(f"calibrated the LUT ({rep.fit.name}) on {samples} architectures: "
                            f"held-out error {_held_out_text(held)}")
@@ -444,7 +452,8 @@ class Pipeline:
 
             res = verify(self.path("search.json"), self.path("lut.json"), c.device, c.budget,
                          scores=self.path("scores.json"), out=self.path("verify.json"), k=c.k,
-                         overlap=c.overlap, rounds=c.verify_rounds, progress=progress,
+                         overlap=c.overlap, rounds=c.verify_rounds, repeats=c.repeats,
+                         progress=progress,
                          log=self.console.print)
         self.console.print(f"{len(res['architectures'])} of {len(res['measured'])} measured "
                            f"candidates go to selection"

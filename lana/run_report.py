@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lana.run import Pipeline
 
-ROUNDS = 3  # teacher and student are measured alternately this many times; medians are reported
-
 
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
@@ -21,10 +19,11 @@ def _median(values: list[float]) -> float:
 def validate_run(p: "Pipeline") -> dict[str, Any]:
     """Measure teacher and student end to end in one session on the run's device and LUT protocol.
 
-    The two are measured in alternation (ROUNDS times) so drift of a shared machine hits both; the
-    speed-up is the ratio of their medians.  The predicted-vs-measured plot also shows the other
-    candidates: those the verify stage measured, scaled to this session's teacher, or (a run without
-    that stage) the search's candidates, measured once each here with random weights.
+    The two are measured in alternation (the run's ``repeats`` times) so drift of a shared machine
+    hits both; the speed-up is the ratio of their medians.  The predicted-vs-measured plot also
+    shows the other candidates: those the verify stage measured, scaled to this session's teacher,
+    or (a run without that stage) the search's candidates, measured once each here with random
+    weights.
     """
     from lana.assemble import load_student, read_arch, teacher_architecture
     from lana.lut import Lut
@@ -44,7 +43,7 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
     teacher_keys = teacher_architecture(p.teacher).ops
 
     t_runs, s_runs = [], []
-    for _ in range(ROUNDS):
+    for _ in range(p.config.repeats):
         t_runs.append(measure_network(teacher_model, shape, preset, config=config,
                                       protocol=protocol, label="teacher").median)
         s_runs.append(measure_network(student, shape, preset, config=config,

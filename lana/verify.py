@@ -147,7 +147,8 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
                           "spread_median": spread})
         if log is not None:
             busy = (f"; the machine was busy: repeats of a network spread {spread:.0%} (median), "
-                    f"so verdicts near the budget are uncertain" if spread > BUSY_SPREAD else "")
+                    f"so verdicts near the budget are uncertain (more --repeats steady them)"
+                    if spread > BUSY_SPREAD else "")
             log(f"round {r + 1}: {round_log[-1]['passed']} of {len(batch)} candidates within "
                 f"{budget_ms:.4f} ms measured (teacher {teacher_ms:.4f} ms; measured/predicted "
                 f"upper quartile {q75:.3f}{' relative to the teacher' if relative else ''}){busy}")

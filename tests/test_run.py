@@ -8,9 +8,10 @@ import warnings
 import pytest
 
 from lana.cli import main
-from lana.run import RunConfig, RunError, run, stage_digest
+from lana.run import STAGE_INPUTS, RunConfig, RunError, run, stage_digest, upstream
 
-QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64, calibrate=8)
+QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64, calibrate=8,
+             repeats=2)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +243,7 @@ def test_verify_says_when_the_machine_was_too_busy_to_trust_verdicts(finished_ru
                  log=lines.append)
     assert doc["rounds"][0]["spread_median"] == pytest.approx(spread)
     assert len(lines) == 1 and ("machine was busy" in lines[0]) == (spread > 0.15)
-    assert "spread 40% (median)" in lines[0] or spread < 0.15
+    assert ("spread 40% (median)" in lines[0] and "--repeats" in lines[0]) or spread < 0.15
 
 
 def test_verify_missing_search_is_one_line_error(tmp_path, tiny_device, capsys):
@@ -271,8 +272,35 @@ def test_run_command_defaults_are_the_run_config_defaults():
     args = build_parser().parse_args(["run"])
     config = RunConfig()
     for name in ("teacher", "device", "budget", "pool", "calibrate", "k", "overlap", "seed",
-                 "tolerance", "verify_rounds"):
+                 "tolerance", "verify_rounds", "repeats"):
         assert getattr(args, name) == getattr(config, name), name
+
+
+def test_repeats_reach_every_end_to_end_measurement(finished_run):
+    out, _ = finished_run
+    assert json.loads((out / "verify.json").read_text())["repeats"] == QUICK["repeats"]
+    val = json.loads((out / "validation.json").read_text())
+    assert len(val["teacher"]["runs_ms"]) == len(val["student"]["runs_ms"]) == QUICK["repeats"]
+
+
+def test_a_setting_added_later_keeps_older_directories_resumable():
+    # a directory written before --repeats existed has digests without it; at its default the
+    # digest is the same, so the run resumes instead of re-measuring and re-training
+    config = RunConfig()
+    for stage in ("profile", "verify", "validate", "report"):
+        names: list[str] = []
+        for s in upstream(stage):
+            names += [n for n in STAGE_INPUTS[s] if n != "repeats"]
+        assert stage_digest(config, stage) == config.digest(tuple(dict.fromkeys(names)))
+        assert stage_digest(RunConfig(repeats=5), stage) != stage_digest(config, stage)
+    assert stage_digest(RunConfig(repeats=5), "score") == stage_digest(config, "score")
+
+
+def test_repeats_below_one_is_refused(tmp_path, capsys):
+    code = main(["run", "--repeats", "0", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--repeats must be at least 1" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_unverified_passes_the_search_candidates_on_to_selection(finished_run, tmp_path):

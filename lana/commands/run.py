@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-rounds", type=int, default=3, metavar="R",
                    help="re-searches while fewer than 3 candidates meet the budget measured end "
                    "to end (default 3; 0: measure once, no re-search)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="end-to-end measurements of each network in calibration, verify and "
+                   "validation (default 3; more on a busy machine)")
     p.add_argument("--force", action="store_true", help="replace another run's artifacts in --out")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout at the end")
     p.set_defaults(func=run)
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, force=args.force, lut=args.lut, k=args.k,
         overlap=args.overlap, seed=args.seed, pretrain_epochs=args.pretrain_epochs,
         finetune_epochs=args.finetune_epochs, images=args.images, tolerance=args.tolerance,
-        calibrate=args.calibrate, verify_rounds=args.verify_rounds)
+        calibrate=args.calibrate, verify_rounds=args.verify_rounds, repeats=args.repeats)
     if args.json:
         json.dump(summary, sys.stdout, indent=1)
         print()
