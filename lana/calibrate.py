@@ -415,6 +415,9 @@ def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset"
                     selector: str | None = None) -> list[list[tuple[Any, Any]]]:
     """The raw repeats of :func:`measure_architectures`: per network, (its timing, the teacher's
     timing right before it, or None without ``references``) for every round."""
+    if repeats < 1:
+        raise CalibrationError(f"--repeats must be at least 1 (end-to-end measurements of each "
+                               f"network), not {repeats}")
     import shutil
     import tempfile
 

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lana.run import Pipeline
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 def validate_run(p: "Pipeline") -> dict[str, Any]:
@@ -48,7 +43,7 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
                                       protocol=protocol, label="teacher").median)
         s_runs.append(measure_network(student, shape, preset, config=config,
                                       protocol=protocol, label="student").median)
-    teacher_ms, student_ms = _median(t_runs), _median(s_runs)
+    teacher_ms, student_ms = statistics.median(t_runs), statistics.median(s_runs)
 
     points = _verified_points(p, lut, arch.ops, teacher_ms)
     if not points:

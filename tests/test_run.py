@@ -246,6 +246,16 @@ def test_verify_says_when_the_machine_was_too_busy_to_trust_verdicts(finished_ru
     assert ("spread 40% (median)" in lines[0] and "--repeats" in lines[0]) or spread < 0.15
 
 
+def test_verify_with_no_repeats_is_one_line_error(finished_run, tiny_device, tmp_path, capsys):
+    out, _ = finished_run
+    code = main(["verify", "--search", str(out / "search.json"), "--lut", str(out / "lut.json"),
+                 "--device", tiny_device, "--budget", "0.6x", "--repeats", "0",
+                 "--out", str(tmp_path / "v.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--repeats must be at least 1" in err and "\n" not in err
+    assert not (tmp_path / "v.json").exists()
+
+
 def test_verify_missing_search_is_one_line_error(tmp_path, tiny_device, capsys):
     code = main(["verify", "--search", str(tmp_path / "nope.json"), "--lut", "x.json",
                  "--device", tiny_device, "--budget", "0.5x", "--out", str(tmp_path / "v.json")])
