@@ -10,8 +10,7 @@ import pytest
 from lana.cli import main
 from lana.run import STAGE_INPUTS, RunConfig, RunError, run, stage_digest, upstream
 
-QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64, calibrate=8,
-             repeats=2)
+QUICK = dict(pool="single-shot", k=3, finetune_epochs=1, images=128, score_samples=64, calibrate=8)
 
 
 @pytest.fixture(scope="module")
@@ -286,11 +285,21 @@ def test_run_command_defaults_are_the_run_config_defaults():
         assert getattr(args, name) == getattr(config, name), name
 
 
-def test_repeats_reach_every_end_to_end_measurement(finished_run):
-    out, _ = finished_run
-    assert json.loads((out / "verify.json").read_text())["repeats"] == QUICK["repeats"]
+def test_repeats_reach_every_end_to_end_measurement(finished_run, tiny_device, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    before = json.loads((out / "run.json").read_text())["stages"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run("demo", tiny_device, "0.6x", out=out, **{**QUICK, "repeats": 2})
+    after = json.loads((out / "run.json").read_text())["stages"]
+    assert after["score"] == before["score"]  # distillation and scoring do not measure latency
+    assert json.loads((out / "lut.json").read_text())["calibration"]["repeats"] == 2
+    assert json.loads((out / "verify.json").read_text())["repeats"] == 2
     val = json.loads((out / "validation.json").read_text())
-    assert len(val["teacher"]["runs_ms"]) == len(val["student"]["runs_ms"]) == QUICK["repeats"]
+    assert len(val["teacher"]["runs_ms"]) == len(val["student"]["runs_ms"]) == 2
 
 
 def test_a_setting_added_later_keeps_older_directories_resumable():
