@@ -171,8 +171,10 @@ class Lut:
         if isinstance(entry, dict) and isinstance(entry.get("failed"), str):
             return
         if not isinstance(entry, dict) or not _is_number(entry.get("median")) or entry["median"] < 0:
+            got = entry.get("median") if isinstance(entry, dict) else entry
             raise LutError(f"{where}: entry {key!r} needs a non-negative 'median' (ms) or a "
-                           f"'failed' reason, got {entry!r}")
+                           f"'failed' reason, got {got!r}; delete that entry and re-measure it "
+                           f"with lana-profile ... --resume")
 
     # ------------------------------------------------------------------------------------ checks
     def command(self, *, resume: bool = False, force: bool = False) -> str:

@@ -78,16 +78,25 @@ def build_pool(teacher: "Teacher", pool: str) -> list[LayerPool]:
     return result
 
 
+def _meta_op(spec: OpSpec, teacher_layer: torch.nn.Module | None) -> torch.nn.Module:
+    """The op built on the meta device (no weights allocated), in eval mode."""
+    with torch.device("meta"):
+        module = create_op(spec, teacher_layer)
+    if spec.family == "teacher":
+        module = module.to("meta")
+    return module.eval()
+
+
+def op_params(spec: OpSpec, teacher_layer: torch.nn.Module | None = None) -> int:
+    """Parameters of one op, counted without running it (faster than :func:`op_stats`)."""
+    return sum(p.numel() for p in _meta_op(spec, teacher_layer).parameters())
+
+
 def op_stats(spec: OpSpec, teacher_layer: torch.nn.Module | None = None) -> tuple[int, int]:
     """(parameters, FLOPs) of one op at batch 1, as deployed; FLOPs counted by torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.device("meta"):
-        module = create_op(spec, teacher_layer)
-    if spec.family != "teacher":
-        module = module.eval()
-    else:
-        module = module.to("meta").eval()
+    module = _meta_op(spec, teacher_layer)
     params = sum(p.numel() for p in module.parameters())
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -95,4 +104,4 @@ def op_stats(spec: OpSpec, teacher_layer: torch.nn.Module | None = None) -> tupl
     return params, int(counter.get_total_flops())
 
 
-__all__ = ["LayerPool", "build_pool", "check_spec", "deploy", "layer_candidates", "op_stats"]
+__all__ = ["LayerPool", "build_pool", "check_spec", "deploy", "layer_candidates", "op_params", "op_stats"]

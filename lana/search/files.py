@@ -14,7 +14,7 @@ import numpy as np
 
 from lana.errors import read_json_file
 from lana.search.errors import SearchError, SearchWarning
-from lana.search.table import SearchTable
+from lana.search.table import TEACHER_FAMILY, SearchTable
 
 SCORES_SCHEMA = "lana.scores/1"
 ARCH_SCHEMA = "lana.arch/1"
@@ -95,6 +95,13 @@ def load_table(scores: str | Path, luts: Sequence[str | Path], *, check_fingerpr
                               f"at index {i}: {a!r} vs {b!r}); use files made for the same teacher "
                               f"and layer selector")
         lut.require(k for layer in data["layers"] for k in layer["scores"])
+        for layer in data["layers"]:
+            for key in layer["scores"]:
+                if key.startswith(f"{TEACHER_FAMILY}:") and lut.failed(key):
+                    raise SearchError(
+                        f"the teacher op of layer {layer.get('name')!r} failed to profile in LUT "
+                        f"{path} ({lut.failed(key)}); the search needs it (to keep a layer, and "
+                        f"for budgets like 0.5x): fix that and re-measure: {lut.command(force=True)}")
     ops, scores_per_layer, dropped = [], [], 0
     for layer in data["layers"]:
         keys = [k for k in layer["scores"] if all(lut.has(k) for lut in loaded)]
@@ -132,30 +139,55 @@ def _check_predictions(table: SearchTable, luts: Sequence[Any]) -> None:
                               f"cost table sums to {got} ms; its calibration is not affine per op")
 
 
-def add_params_table(table: SearchTable, *, name: str = "params") -> SearchTable:
-    """Add a cost table of parameter counts per op (builds the teacher and every op once)."""
-    from lana.ops import create_op
+def add_model_tables(table: SearchTable, *, params: bool = True, flops: bool = False,
+                     option: str = "--max-params") -> SearchTable:
+    """Add cost tables of parameter counts ("params") and/or FLOPs at batch 1 ("flops") per op.
+
+    Ops are counted on the meta device (:func:`lana.pool.op_params`, and :func:`lana.pool.op_stats`
+    for FLOPs, which runs each op once), once per distinct op key; the fixed part is the teacher's skeleton (every layer replaced by a shape
+    adapter), as for a LUT's fixed latency.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lana.pool import op_params, op_stats
     from lana.spec import parse_key
     from lana.teachers import create_teacher
 
     try:
         teacher = create_teacher(table.teacher, pretrained=False)
-    except Exception as exc:  # noqa: BLE001 - any failure means params cannot be counted
-        raise SearchError(f"--max-params needs the teacher {table.teacher!r} to count parameters "
-                          f"({type(exc).__name__}: {exc}); drop --max-params or fix the teacher"
+    except Exception as exc:  # noqa: BLE001 - any failure means nothing can be counted
+        raise SearchError(f"{option} needs the teacher {table.teacher!r} to count its ops "
+                          f"({type(exc).__name__}: {exc}); drop {option} or fix the teacher"
                           ) from exc
     if len(teacher.layers) != table.n_layers:
         raise SearchError(f"teacher {table.teacher} has {len(teacher.layers)} layers but the "
-                          f"scores have {table.n_layers}; drop --max-params or re-score")
-
-    def count(module) -> float:
-        return float(sum(p.numel() for p in module.parameters()))
-
-    per_layer = []
+                          f"scores have {table.n_layers}; drop {option} or re-score")
+    stats: dict[tuple[int, str], tuple[int, int]] = {}
+    per_layer: list[list[tuple[int, int]]] = []
     for i, keys in enumerate(table.ops):
-        layer = teacher.layer_module(i)
-        per_layer.append([count(create_op(parse_key(k), layer)) for k in keys])
-    return table.with_costs(name, per_layer, fixed=count(teacher.skeleton()), unit="")
+        row = []
+        for k in keys:
+            spec = parse_key(k)
+            # only the teacher op depends on the layer it copies; other ops on their key alone
+            slot = (i if spec.family == "teacher" else -1, k)
+            if slot not in stats:
+                layer = teacher.layer_module(i)
+                stats[slot] = op_stats(spec, layer) if flops else (op_params(spec, layer), 0)
+            row.append(stats[slot])
+        per_layer.append(row)
+    skeleton = teacher.skeleton()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        if flops:
+            skeleton(teacher.example_input())
+    fixed = (float(sum(p.numel() for p in skeleton.parameters())),
+             float(counter.get_total_flops()))
+    for index, (name, wanted) in enumerate((("params", params), ("flops", flops))):
+        if wanted:
+            table = table.with_costs(name, [[float(s[index]) for s in row] for row in per_layer],
+                                     fixed=fixed[index], unit="")
+    return table
 
 
 def arch_dict(table: SearchTable, choice: Sequence[int], *, objective: float,

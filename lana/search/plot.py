@@ -20,11 +20,11 @@ def plot_front(sweep: SweepResult, path: str | Path, *, table: str | None = None
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     xs = [s.costs[name] for r in sweep.results for s in r.solutions]
     ys = [s.objective for r in sweep.results for s in r.solutions]
-    ax.scatter(xs, ys, s=8, alpha=0.35, color="tab:blue", label="all architectures")
     front = sweep.front(name)
-    if front:
-        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red",
-                label="best per budget")
+    if front:  # hollow markers under the dots, so the architectures they mark stay visible
+        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", mfc="none",
+                ms=9, zorder=1, label="best per budget")
+    ax.scatter(xs, ys, s=8, alpha=0.5, color="tab:blue", zorder=2, label="all architectures")
     for r in sweep.results:
         if name in r.limits:
             ax.axvline(r.limits[name], color="grey", lw=0.6, ls=":")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from lana.search.budget import Budget, parse_budgets
 from lana.search.errors import SearchError
-from lana.search.files import add_params_table, arch_dict, load_table
+from lana.search.files import add_model_tables, arch_dict, load_table
 from lana.search.solver import max_shared_layers
 from lana.search.sweep import SweepResult, search_many
 
@@ -22,10 +22,11 @@ REPORT_SCHEMA = "lana.search/1"
 
 
 def build_targets(table_names: Sequence[str], budgets: Sequence[str],
-                  max_params: str | None = None, params_table: str = "params"
+                  max_params: str | None = None, max_flops: str | None = None
                   ) -> list[list[Budget]]:
     """Targets from per-table budget strings (the i-th string limits the i-th table); at most
-    one of them may be a list or range, which becomes the sweep axis."""
+    one of them may be a list or range, which becomes the sweep axis.  ``max_params`` and
+    ``max_flops`` limit the "params" and "flops" tables of every target."""
     if not budgets:
         raise SearchError("give a budget, e.g. --budget 0.5x (half the teacher's latency)")
     if len(budgets) > len(table_names):
@@ -38,40 +39,86 @@ def build_targets(table_names: Sequence[str], budgets: Sequence[str],
                           "the other LUTs a single budget each")
     axis = axes[0] if axes else 0
     fixed = [Budget(table_names[i], values[0]) for i, values in enumerate(expanded) if i != axis]
-    if max_params is not None:
-        fixed.append(Budget(params_table, max_params))
+    for name, limit, option in (("params", max_params, "--max-params"),
+                                 ("flops", max_flops, "--max-flops")):
+        if limit is not None:
+            try:
+                fixed.append(Budget(name, limit))
+            except SearchError as exc:
+                raise SearchError(f"{option}: {exc}") from None
     return [[Budget(table_names[axis], value), *fixed] for value in expanded[axis]]
 
 
 def search_files(*, luts: Sequence[str], scores: str, budgets: Sequence[str], out: str,
                  k: int = 10, overlap: float = 0.7, single_shot: bool = False,
-                 max_params: str | None = None, gap: float = 0.005, time_limit: float = 2.0,
-                 time_budget: float | None = None, threads: int = 1,
-                 strategy: str = "top-down", plot: bool = True,
-                 check_fingerprint: bool = True) -> dict[str, Any]:
-    """Run the search on files and write the report (JSON at ``out``, PNG beside it)."""
+                 max_params: str | None = None, max_flops: str | None = None,
+                 gap: float = 0.005, time_limit: float = 2.0, time_budget: float | None = None,
+                 threads: int = 1, strategy: str = "top-down", plot: bool = True,
+                 baselines: bool = False, check_fingerprint: bool = True) -> dict[str, Any]:
+    """Run the search on files and write the report (JSON at ``out``, PNG beside it).
+
+    With ``baselines``, every target is also searched by random sampling and by evolution on the
+    same objective and budgets, each for as long as the integer program took on that target
+    (paper Table 5); their best objectives go into the report.
+    """
     start = time.perf_counter()
+    out_path = _report_path(out)
     table = load_table(scores, luts, check_fingerprint=check_fingerprint)
-    if max_params is not None:
-        table = add_params_table(table)
-    targets = build_targets(table.table_names, budgets, max_params)
+    targets = build_targets(table.table_names, budgets, max_params, max_flops)  # checks them early
+    if max_params is not None or max_flops is not None:
+        table = add_model_tables(table, params=max_params is not None, flops=max_flops is not None,
+                                 option="--max-params" if max_params is not None else "--max-flops")
     sweep = search_many(table, targets, k, overlap, strategy=strategy, single_shot=single_shot,
                         gap=gap, time_limit=time_limit, time_budget=time_budget,
                         threads=threads)
     report = build_report(sweep, luts=luts, scores=scores, k=k, overlap=overlap,
                           single_shot=single_shot, gap=gap, time_limit=time_limit)
+    if baselines:
+        for target, budgets_, res in zip(report["targets"], sweep.targets, sweep.results):
+            target["baselines"] = run_baselines(sweep.table, budgets_, res.time_s)
     report["time_s"] = time.perf_counter() - start
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     from lana.lut import atomic_write_text
 
-    atomic_write_text(out_path, json.dumps(report, indent=1) + "\n")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_path, json.dumps(report, indent=1) + "\n")
+    except OSError as exc:
+        raise SearchError(f"cannot write {out_path}: {exc.strerror or exc}; choose a writable "
+                          f"--out") from None
     if plot:
         from lana.search.plot import plot_front
 
         report["plot"] = str(plot_front(sweep, out_path.with_suffix(".png"),
                                         title=f"{table.teacher}: LANA search"))
     return report
+
+
+def _report_path(out: str | Path) -> Path:
+    """``out`` as the report's path, refused when the plot would overwrite it or it is a folder."""
+    text = str(out)
+    path = Path(text)
+    if text.endswith(("/", "\\")) or path.is_dir():
+        raise SearchError(f"--out {text} is a folder; name the report file, e.g. "
+                          f"{path / 'search.json'} (the plot goes beside it as search.png)")
+    if path.suffix.lower() == ".png":
+        raise SearchError(f"--out {text} ends in .png, the name of the plot written beside the "
+                          f"report; name the report {path.with_suffix('.json')}")
+    return path
+
+
+def run_baselines(table, budgets: Sequence[Budget], time_s: float, *, seed: int = 0
+                  ) -> dict[str, dict[str, Any]]:
+    """Best objective of random sampling and of evolution, each given ``time_s`` seconds."""
+    from lana.search.baselines import evolutionary_search, random_search
+
+    out = {}
+    for name, result in (
+            ("evolution", evolutionary_search(table, budgets, time_s=time_s, seed=seed)),
+            ("random", random_search(table, budgets, time_s=time_s, seed=seed))):
+        out[name] = {"best": result.best if result.objectives.size else None,
+                     "ops": table.keys(result.choices[0]) if result.objectives.size else None,
+                     "evaluated": result.evaluated, "time_s": result.time_s}
+    return out
 
 
 def build_report(sweep: SweepResult, *, luts: Sequence[str], scores: str, k: int,

@@ -67,7 +67,7 @@ def _fixed_text(fixed: float, unit: str) -> str:
 
 
 def _validate_options(k: int, overlap: float, gap: float, time_limit: float,
-                      time_budget: float | None) -> None:
+                      time_budget: float | None, threads: int) -> None:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise SearchError(f"k must be a whole number >= 1 (got {k!r}); ask for at least one "
                           f"architecture")
@@ -79,6 +79,9 @@ def _validate_options(k: int, overlap: float, gap: float, time_limit: float,
                           f"within 0.5% of optimal")
     if not (time_limit > 0):
         raise SearchError(f"time_limit must be positive seconds (got {time_limit!r})")
+    if not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise SearchError(f"threads must be a whole number >= 1 (got {threads!r}); 1 runs HiGHS "
+                          f"on one core")
     if time_budget is not None and not (time_budget > 0):
         raise SearchError(f"time_budget must be positive seconds (got {time_budget!r})")
 
@@ -105,7 +108,7 @@ def search(table: SearchTable, budgets: Sequence[Budget] | Budget, k: int = 1,
     budgets = [budgets] if isinstance(budgets, Budget) else list(budgets)
     if not budgets:
         raise SearchError("give at least one budget, e.g. Budget('cpu-ort', '0.5x')")
-    _validate_options(k, overlap, gap, time_limit, time_budget)
+    _validate_options(k, overlap, gap, time_limit, time_budget, threads)
     if single_shot:
         table = table.single_shot()
     limits = resolve_limits(table, budgets)
@@ -130,8 +133,8 @@ def search(table: SearchTable, budgets: Sequence[Budget] | Budget, k: int = 1,
                     + "); loosen one of them", minimum)
             if r == 0:
                 raise SearchError(f"{engine.stop_reason}; raise the time limit")
-            msg = (f"found {r} of {k} architectures: {engine.stop_reason}; lower the overlap "
-                   f"limit, loosen the budget or ask for fewer")
+            msg = (f"found {r} of {k} architectures: {engine.stop_reason}; allow more shared "
+                   f"layers (a larger overlap), loosen the budget or ask for fewer")
             warnings.warn(msg, SearchWarning, stacklevel=2)
             result.warnings.append(msg)
             break

@@ -22,7 +22,7 @@ def _parser():
 
 
 def _write_files(tmp_path, table, *, presets=("cpu-ort",), calibration=None, drop=None,
-                 rename_layer=None, nan_score=False):
+                 rename_layer=None, nan_score=False, fail=()):
     from lana.ops import ops_fingerprint
 
     layers = []
@@ -43,6 +43,8 @@ def _write_files(tmp_path, table, *, presets=("cpu-ort",), calibration=None, dro
         if drop:
             for key in drop:
                 entries.pop(key)
+        for key in fail:
+            entries[key] = {"failed": "export failed: unsupported operator"}
         names = list(table.layer_names)
         if rename_layer is not None:
             names[rename_layer] = "blocks.renamed"
@@ -133,6 +135,12 @@ def test_cli_single_shot(tmp_path):
     ("k", "k must be"),
     ("overlap", "overlap must be in"),
     ("budgets", "at most one budget per LUT"),
+    ("threads", "threads must be"),
+    ("out-png", "ends in .png"),
+    ("out-dir", "is a folder"),
+    ("max-params", "--max-params: budget 'many'"),
+    ("teacher-failed", r"teacher op of layer 'blocks.3' failed to profile .*unsupported operator"
+                       r".*lana-profile .*--force"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, case, match):
     t = tiny(6, 5, seed=4)
@@ -141,14 +149,18 @@ def test_cli_bad_input_is_one_line(tmp_path, case, match):
         kw["drop"] = [t.ops[0][2], t.ops[3][1]]
     if case == "nan":
         kw["nan_score"] = True
+    if case == "teacher-failed":
+        kw["fail"] = [t.ops[3][0]]
     scores, (lut,) = _write_files(tmp_path, t, **kw)
     budget = "0.001x" if case == "infeasible" else "0.5x"
-    argv = ["--lut", lut, "--scores", scores, "--budget", budget, "--out", str(tmp_path / "o.json")]
-    argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"],
-             "budgets": ["--budget", "0.6x"]}.get(case, [])
+    out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path}.get(case, tmp_path / "o.json")
+    argv = ["--lut", lut, "--scores", scores, "--budget", budget, "--out", str(out)]
+    argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"], "threads": ["--threads", "0"],
+             "budgets": ["--budget", "0.6x"], "max-params": ["--max-params", "many"]}.get(case, [])
     with pytest.raises(LanaError, match=match) as err:
         _run(argv)
     assert "\n" not in str(err.value)
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.png").exists()
 
 
 def test_api_from_files_matches_cli_table(tmp_path):
@@ -163,13 +175,17 @@ def test_api_from_files_matches_cli_table(tmp_path):
     assert math.isclose(a.objective, b.objective, rel_tol=1e-9)
 
 
-def test_cli_max_params_on_the_demo_teacher(tmp_path):
-    """--max-params counts parameters of the real ops of the demo teacher's small pool."""
+def test_cli_max_params_and_flops_on_the_demo_teacher(tmp_path):
+    """--max-params and --max-flops count the real ops of the demo teacher's small pool."""
     import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
+    from lana.ops import create_op
     from lana.pool import build_pool
     from lana.search import SearchTable
-    from lana.search.files import add_params_table
+    from lana.search.files import add_model_tables
+    from lana.spec import parse_key
     from lana.teachers import create_teacher
 
     teacher = create_teacher("demo", pretrained=False)
@@ -180,19 +196,81 @@ def test_cli_max_params_on_the_demo_teacher(tmp_path):
     costs = [np.where(np.arange(len(k)) == 0, 1.0, rng.uniform(0.1, 1.2, len(k))) for k in ops]
     table = SearchTable(layer_names=[lp.layer.name for lp in pool], ops=ops, scores=scores,
                         costs={"cpu": costs}, fixed={"cpu": 0.5}, teacher="demo", pool="small")
-    with_params = add_params_table(table)
+    with_params = add_model_tables(table, flops=True)
     params = with_params.costs["params"]
     teacher_params = sum(p.numel() for p in teacher.model.parameters())
     assert with_params.total("params", table.teacher_choice()) == teacher_params
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        teacher.model(teacher.example_input())
+    teacher_flops = counter.get_total_flops()
+    assert with_params.total("flops", table.teacher_choice()) == pytest.approx(teacher_flops, rel=1e-6)
+    # a few ops counted with real weights, as built for training
+    for i in (0, len(ops) // 2, len(ops) - 1):
+        module = create_op(parse_key(ops[i][1]), teacher.layer_module(i))
+        assert params[i][1] == sum(p.numel() for p in module.parameters())
     scores_path, (lut,) = _write_files(tmp_path, table)
     out = tmp_path / "p.json"
     assert _run(["--lut", lut, "--scores", scores_path, "--budget", "0.8x", "--k", "3",
-                 "--max-params", "0.6x", "--out", str(out), "--no-plot"]) == 0
+                 "--max-params", "0.6x", "--max-flops", "0.7x", "--out", str(out),
+                 "--no-plot"]) == 0
     report = json.loads(out.read_text())
-    limit = report["targets"][0]["budgets"]["params"]["limit"]
-    assert limit == pytest.approx(0.6 * teacher_params)
+    budgets = report["targets"][0]["budgets"]
+    assert budgets["params"]["limit"] == pytest.approx(0.6 * teacher_params)
+    assert budgets["flops"]["limit"] == pytest.approx(0.7 * teacher_flops, rel=1e-6)
     for a in report["targets"][0]["architectures"]:
-        assert a["costs"]["params"] <= limit
         choice = with_params.choice_of(a["ops"])
-        assert a["costs"]["params"] == pytest.approx(
-            with_params.fixed["params"] + sum(params[i][c] for i, c in enumerate(choice)))
+        for name in ("params", "flops"):
+            assert a["costs"][name] <= budgets[name]["limit"] * (1 + 1e-9)
+            assert a["costs"][name] == pytest.approx(with_params.fixed[name] + sum(
+                with_params.costs[name][i][c] for i, c in enumerate(choice)))
+
+
+def test_cli_baselines_never_beat_the_certified_bound(tmp_path, capsys):
+    """--baselines: random and evolutionary search on the same budgets and objective, reported per
+    target; neither may find an architecture below the integer program's certified bound."""
+    from lana.search.files import load_table
+
+    t = tiny(8, 6, seed=6)
+    scores, (lut,) = _write_files(tmp_path, t)
+    out = tmp_path / "b.json"
+    assert _run(["--lut", lut, "--scores", scores, "--budget", "0.5x,0.7x", "--k", "2",
+                 "--baselines", "--no-plot", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    loaded = load_table(scores, [lut])  # ops of equal key share one LUT entry
+    for target in report["targets"]:
+        first = target["architectures"][0]
+        limit = target["budgets"]["cpu-ort"]["limit"]
+        for name in ("evolution", "random"):
+            b = target["baselines"][name]
+            assert b["evaluated"] > 0 and b["best"] is not None
+            assert b["best"] >= first["dual_bound"] - 1e-9
+            choice = loaded.choice_of(b["ops"])
+            assert loaded.objective(choice) == pytest.approx(b["best"])
+            assert loaded.total("cpu-ort", choice) <= limit * (1 + 1e-9)
+    assert "baselines given the integer program's time" in capsys.readouterr().out
+
+
+def test_warning_lines_name_the_budget_and_fold_time_limits():
+    from lana.commands.search import warning_lines
+
+    def arch(status, gap):
+        return {"status": status, "gap": gap}
+
+    report = {"gap": 0.005, "targets": [
+        {"budgets": {"gpu": {"given": "0.5x", "limit": 1.0}}, "found": 3,
+         "warnings": ["solve 1 stopped at its 0.1 s time limit with gap 2.00% (asked 0.50%); "
+                      "allow more time for a tighter certificate",
+                      "solve 2 stopped at its 0.1 s time limit with gap 3.00% (asked 0.50%); "
+                      "allow more time for a tighter certificate"],
+         "architectures": [arch("optimal", 0.0), arch("time_limit", 0.02), arch("time_limit", 0.03)]},
+        {"budgets": {"gpu": {"given": "0.3x", "limit": 0.6}}, "found": 1,
+         "warnings": ["found 1 of 3 architectures: no further architecture"],
+         "architectures": [arch("optimal", 0.0)]}]}
+    lines = warning_lines(report, ["found 1 of 3 architectures: no further architecture",
+                                   "2 scored op(s) failed to profile"])
+    assert lines == [
+        "2 scored op(s) failed to profile",
+        "gpu 0.5x: 2 of 3 solves stopped at their time limit before proving the 0.50% gap "
+        "(largest gap 3.00%); a larger --time-limit or --time-budget tightens the certificates",
+        "gpu 0.3x: found 1 of 3 architectures: no further architecture"]

@@ -69,6 +69,7 @@ def test_fewer_than_k_warns_and_returns_what_exists():
     ref = brute_force(t, [Budget("gpu", "1.0x")], k=40, overlap=0.5)
     assert 1 <= len(res.solutions) == len(ref) < 40
     assert res.warnings and "found" in res.warnings[0]
+    assert "larger overlap" in res.warnings[0]  # fewer shared layers would find fewer still
 
 
 def test_warm_start_gives_the_same_optima():
