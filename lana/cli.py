@@ -45,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from profilers.errors import ProfilerError
+
     try:
         code = args.func(args)
-    except LanaError as exc:
+    except (LanaError, ProfilerError) as exc:  # both are raised with a one-line fix
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `lana ... --json | head`: the reader left, which is not an error
@@ -73,6 +75,32 @@ def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None
     text = (doc or "").strip()
     return sub.add_parser(name, help=text.splitlines()[0] if text else None, description=text,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def whole(minimum: int):
+    """An argparse type: a whole number >= ``minimum`` (refused at parse time, before any work)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 if __name__ == "__main__":

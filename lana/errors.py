@@ -27,6 +27,10 @@ def read_json_file(path: str | Path, error: type[LanaError], what: str, *, missi
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise error(f"{what} {path} does not exist; {missing}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder; pass the file itself") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not text (not UTF-8); {invalid}") from None
     except json.JSONDecodeError as exc:
         raise error(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
                     f"{invalid}") from None

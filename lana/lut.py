@@ -105,6 +105,9 @@ class Lut:
                            f"--device <preset> --teacher <name> --out {path}") from None
         except OSError as exc:
             raise LutError(f"cannot read LUT file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise LutError(f"LUT file {path} is not text (not UTF-8); it is damaged or not a LUT: "
+                           f"re-profile it with lana-profile") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

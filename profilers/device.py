@@ -130,7 +130,7 @@ def _all_files() -> dict[str, Any]:
 def _read(path: Any) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PresetError(f"preset file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise PresetError(f"cannot read preset file {path}: {exc.strerror}") from None

@@ -29,7 +29,10 @@ import lana.cli
 
 parser = lana.cli.build_parser()
 sub = next(a for a in parser._actions if a.dest == "command")
-argvs = [["--help"], ["finetune"], ["nosuch"]]
+argvs = [["--help"], ["finetune"], ["nosuch"],
+         ["score", "--teacher", "demo", "--out", "x.json", "--batch-size", "-1"],
+         ["pretrain", "--teacher", "demo", "--out", "x", "--lr", "nan"],
+         ["train-teacher", "--teacher", "demo", "--out", "x.pt", "--seed", "-1"]]
 argvs += [[name, "--help"] for name in sub.choices]
 argvs += [["lut", action, "--help"] for action in ("show", "diff", "merge", "calibrate")]
 codes = {}
@@ -67,7 +70,13 @@ def test_every_help_prints_and_exits_zero(probe):
 
 def test_argument_errors_exit_two_with_usage(probe):
     for argv, needle in (("finetune", "the following arguments are required: --arch, --out"),
-                         ("nosuch", "invalid choice: 'nosuch'")):
+                         ("nosuch", "invalid choice: 'nosuch'"),
+                         ("score --teacher demo --out x.json --batch-size -1",
+                          "argument --batch-size: must be >= 1, got -1"),
+                         ("pretrain --teacher demo --out x --lr nan",
+                          "argument --lr: must be a positive number, got nan"),
+                         ("train-teacher --teacher demo --out x.pt --seed -1",
+                          "argument --seed: must be >= 0, got -1")):
         code, _, err = probe["codes"][argv]
         assert code == 2
         assert err.startswith("usage: lana") and needle in err

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from lana.cli import command_parser
+from lana.cli import command_parser, positive, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,15 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                    help=f"(default: {DEFAULT_EPOCHS})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=whole(2), default=DEFAULT_BATCH_SIZE,
                    help=f"per process (default: {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+    p.add_argument("--lr", type=positive, default=DEFAULT_LR,
                    help=f"AdamW peak (default: {DEFAULT_LR})")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help=f"distillation temperature (default: {DEFAULT_TEMPERATURE})")
     p.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT,
                    help=f"weight of the distillation term in [0, 1] (default: {DEFAULT_KD_WEIGHT})")
-    p.add_argument("--images", type=int, help="use at most N training images (quick runs)")
+    p.add_argument("--images", type=whole(1), help="use at most N training images (quick runs)")
     add_common(p)
     p.set_defaults(func=run)
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 def register_into(lut_sub: argparse._SubParsersAction) -> None:
     """Add ``calibrate`` to the ``lana lut`` subcommands."""
-    from lana.cli import command_parser
+    from lana.cli import command_parser, whole
 
     p = command_parser(lut_sub, "calibrate", __doc__)
     p.add_argument("--lut", required=True, help="LUT file to calibrate (rewritten in place)")
@@ -37,7 +37,7 @@ def register_into(lut_sub: argparse._SubParsersAction) -> None:
                    help="measurements of each architecture, interleaved (default 3)")
     p.add_argument("--holdout", type=float, default=0.33,
                    help="fraction held out from the fit to report on (default 0.33)")
-    p.add_argument("--seed", type=int, default=0, help="architecture sampling seed")
+    p.add_argument("--seed", type=whole(0), default=0, help="architecture sampling seed")
     p.add_argument("--pool", choices=("small", "full", "single-shot"),
                    help="draw the architectures from this pool only (default: every op the LUT "
                         "has); calibrate for the pool you will search")

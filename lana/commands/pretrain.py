@@ -14,7 +14,7 @@ import json
 import sys
 import warnings
 
-from lana.cli import command_parser
+from lana.cli import command_parser, positive, whole
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-weights", help="state_dict file of the teacher (default: the weights "
                    "shipped with it)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--seed", type=int, default=0, help="data order and splits (default: 0)")
+    p.add_argument("--seed", type=whole(0), default=0, help="data order and splits (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -56,11 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"epochs per pass (default: {DEFAULT_EPOCHS})")
     p.add_argument("--ops-per-pass", type=int, help="ops per layer trained together (default: all)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=whole(1), default=DEFAULT_BATCH_SIZE,
                    help=f"(default: {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR,
+    p.add_argument("--lr", type=positive, default=DEFAULT_LR,
                    help=f"AdamW peak (default: {DEFAULT_LR})")
-    p.add_argument("--images", type=int, help="use at most N training images (quick runs)")
+    p.add_argument("--images", type=whole(1), help="use at most N training images (quick runs)")
     p.add_argument("--layer", type=int, action="append", help="train only these layer indices")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     add_common(p)

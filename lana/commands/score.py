@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from lana.cli import command_parser
+from lana.cli import command_parser, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", required=True, help="registry name or path/to/file.py:factory")
     p.add_argument("--pool", default="small", help="full, small or single-shot (default: small)")
     p.add_argument("--out", required=True, help="scores file to write (e.g. run/scores.json)")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+    p.add_argument("--samples", type=whole(1), default=DEFAULT_SAMPLES,
                    help=f"images scored on (default: {DEFAULT_SAMPLES})")
-    p.add_argument("--batch-size", type=int, default=SCORE_BATCH_SIZE,
+    p.add_argument("--batch-size", type=whole(1), default=SCORE_BATCH_SIZE,
                    help=f"(default: {SCORE_BATCH_SIZE})")
     add_common(p)
     p.set_defaults(func=run)

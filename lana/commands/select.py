@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from lana.cli import command_parser
+from lana.cli import command_parser, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", help="teacher name (default: the one the search names)")
     p.add_argument("--budget", help="which budget of a search result holding several "
                    "(its label, e.g. 0.5x, or ms)")
-    p.add_argument("--images", type=int, default=DEFAULT_IMAGES,
+    p.add_argument("--images", type=whole(1), default=DEFAULT_IMAGES,
                    help=f"training images to evaluate on (default: {DEFAULT_IMAGES} or all)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=whole(1), default=DEFAULT_BATCH_SIZE,
                    help=f"(default: {DEFAULT_BATCH_SIZE}; batch norm uses batch statistics)")
     p.add_argument("--out", required=True, help="architecture file to write (e.g. run/select.json)")
     add_common(p)

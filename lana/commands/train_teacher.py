@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from lana.cli import command_parser
+from lana.cli import command_parser, positive, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"training epochs (default: {DEFAULT_EPOCHS})")
     p.add_argument("--out", help="checkpoint path to write (default: not saved)")
     p.add_argument("--data", help="'digits' (default) or a train/<class>/, val/<class>/ folder")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, splits and order")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate (AdamW)")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+    p.add_argument("--seed", type=whole(0), default=0, help="seed for init, splits and order")
+    p.add_argument("--batch-size", type=whole(1), default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--lr", type=positive, default=DEFAULT_LR, help="peak learning rate (AdamW)")
+    p.add_argument("--threads", type=whole(1), default=DEFAULT_THREADS,
                    help=f"torch CPU threads (default: {DEFAULT_THREADS}; the result depends on it)")
     p.set_defaults(func=run)
 

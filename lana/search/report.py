@@ -62,7 +62,7 @@ def search_files(*, luts: Sequence[str], scores: str, budgets: Sequence[str], ou
     (paper Table 5); their best objectives go into the report.
     """
     start = time.perf_counter()
-    out_path = _report_path(out)
+    out_path = _report_path(out, inputs=[*luts, scores])
     table = load_table(scores, luts, check_fingerprint=check_fingerprint)
     targets = build_targets(table.table_names, budgets, max_params, max_flops)  # checks them early
     if max_params is not None or max_flops is not None:
@@ -93,10 +93,16 @@ def search_files(*, luts: Sequence[str], scores: str, budgets: Sequence[str], ou
     return report
 
 
-def _report_path(out: str | Path) -> Path:
-    """``out`` as the report's path, refused when the plot would overwrite it or it is a folder."""
+def _report_path(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
+    """``out`` as the report's path, refused when it is a folder, or when the report or the plot
+    beside it would overwrite an input file or each other."""
     text = str(out)
     path = Path(text)
+    written = {path.resolve(), path.with_suffix(".png").resolve()}
+    for given in inputs:
+        if Path(given).resolve() in written:
+            raise SearchError(f"--out {text} would overwrite the input {given} (with the report or "
+                              f"its plot); write the report elsewhere, e.g. search.json")
     if text.endswith(("/", "\\")) or path.is_dir():
         raise SearchError(f"--out {text} is a folder; name the report file, e.g. "
                           f"{path / 'search.json'} (the plot goes beside it as search.png)")

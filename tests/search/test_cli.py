@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -138,6 +139,7 @@ def test_cli_single_shot(tmp_path):
     ("threads", "threads must be"),
     ("out-png", "ends in .png"),
     ("out-dir", "is a folder"),
+    ("out-input", "would overwrite the input"),
     ("max-params", "--max-params: budget 'many'"),
     ("teacher-failed", r"teacher op of layer 'blocks.3' failed to profile .*unsupported operator"
                        r".*lana-profile .*--force"),
@@ -153,7 +155,8 @@ def test_cli_bad_input_is_one_line(tmp_path, case, match):
         kw["fail"] = [t.ops[3][0]]
     scores, (lut,) = _write_files(tmp_path, t, **kw)
     budget = "0.001x" if case == "infeasible" else "0.5x"
-    out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path}.get(case, tmp_path / "o.json")
+    out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path,
+           "out-input": scores}.get(case, tmp_path / "o.json")
     argv = ["--lut", lut, "--scores", scores, "--budget", budget, "--out", str(out)]
     argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"], "threads": ["--threads", "0"],
              "budgets": ["--budget", "0.6x"], "max-params": ["--max-params", "many"]}.get(case, [])
@@ -161,6 +164,7 @@ def test_cli_bad_input_is_one_line(tmp_path, case, match):
         _run(argv)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.png").exists()
+    assert json.loads(Path(scores).read_text())["schema"] == "lana.scores/1"  # inputs untouched
 
 
 def test_api_from_files_matches_cli_table(tmp_path):
