@@ -245,6 +245,30 @@ def shipped_lut(teacher: str, device: str, pool: str) -> Path | None:
     return None
 
 
+def _check_options(config: RunConfig) -> None:
+    """Refuse option values a later stage would refuse, before the first stage runs."""
+    from lana.search import Budget
+    from lana.search.errors import SearchError
+
+    try:
+        Budget("latency", config.budget)
+    except SearchError as exc:
+        raise RunError(f"--budget: {exc}") from None
+    whole = {"--k": (config.k, 1), "--calibrate": (config.calibrate, 0),
+             "--pretrain-epochs": (config.pretrain_epochs, 1),
+             "--finetune-epochs": (config.finetune_epochs, 1), "--images": (config.images, 1),
+             "--verify-rounds": (config.verify_rounds, 0), "--seed": (config.seed, 0)}
+    for option, (value, low) in whole.items():
+        if value is not None and value < low:
+            raise RunError(f"{option} must be at least {low}, not {value}")
+    if not 0 < config.overlap <= 1:
+        raise RunError(f"--overlap must be in (0, 1], not {config.overlap}; 0.7 lets two "
+                       f"architectures share at most 70% of their layers")
+    if not 0 <= config.tolerance < 10:
+        raise RunError(f"--tolerance is a fraction (0.05 lets the measured latency exceed the "
+                       f"budget by 5 %), not {config.tolerance}")
+
+
 class Pipeline:
     """Runs the stages of one run directory; see the module docstring."""
 
@@ -263,6 +287,7 @@ class Pipeline:
         if config.repeats < 1:
             raise RunError(f"--repeats must be at least 1 (end-to-end measurements of each "
                            f"network), not {config.repeats}")
+        _check_options(config)
         self.manifest = _prepare_dir(self.out, config, force)
         self._teacher = None
 

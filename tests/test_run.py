@@ -322,6 +322,24 @@ def test_repeats_below_one_is_refused(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--budget", "abc"], "--budget: budget 'abc' is not a number"),
+    (["--budget", "0x"], "must be a positive number"),
+    (["--k", "0"], "--k must be at least 1"),
+    (["--overlap", "1.5"], "--overlap must be in (0, 1]"),
+    (["--calibrate", "-1"], "--calibrate must be at least 0"),
+    (["--finetune-epochs", "0"], "--finetune-epochs must be at least 1"),
+    (["--verify-rounds", "-1"], "--verify-rounds must be at least 0"),
+    (["--tolerance", "-0.1"], "--tolerance is a fraction"),
+])
+def test_options_a_later_stage_refuses_are_refused_before_the_first(tmp_path, capsys, argv,
+                                                                     needle):
+    code = main(["run", *argv, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_unverified_passes_the_search_candidates_on_to_selection(finished_run, tmp_path):
     from lana.select import read_architectures
     from lana.verify import unverified

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-params", metavar="P",
                    help="also limit parameters: a count (5M, 2.5e6) or a fraction (0.5x)")
     p.add_argument("--max-flops", metavar="F",
-                   help="also limit multiply-accumulates: a count (300M, 1.2e9) or a fraction (0.5x)")
+                   help="also limit FLOPs at batch 1 (PyTorch's flop counter): a count (600M, "
+                   "1.2e9) or a fraction (0.5x)")
     p.add_argument("--baselines", action="store_true",
                    help="also run random sampling and evolutionary search on the same objective "
                    "and budgets for the same time as the integer program, and report their best")
@@ -111,7 +112,8 @@ def _print_summary(report: dict) -> None:
     for t in report["targets"]:
         best = min(t["architectures"], key=lambda a: a["objective"], default=None)
         # costs in the order of the budget column, each named
-        pred = ", ".join(f"{name} {best['costs'][name]:.4g}" for name in t["budgets"]) if best else "-"
+        pred = (", ".join(f"{name} {best['costs'][name]:.4g}" for name in t["budgets"])
+                if best else "-")
         table.add_row(_budget_text(t), str(t["found"]), f"{best['objective']:.5g}" if best else "-",
                       pred, f"{t['max_gap']:.2%}" if t["max_gap"] is not None else "-",
                       f"{t['time_s']:.2f}")

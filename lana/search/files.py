@@ -36,8 +36,15 @@ def read_scores(path: str | Path) -> dict[str, Any]:
             for layer in layers):
         raise SearchError(f"{path} has no per-layer scores (every layer needs a non-empty "
                           f"'scores' map); re-run lana score")
+    from lana.spec import parse_key
+
     for i, layer in enumerate(layers):
         for key, value in layer["scores"].items():
+            try:
+                parse_key(key)
+            except ValueError as exc:
+                raise SearchError(f"{path}: layer {layer.get('name', i)!r} scores an invalid op "
+                                  f"key ({exc}); re-run lana score") from None
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise SearchError(f"{path}: score of op {key} at layer "
                                   f"{layer.get('name', i)!r} is {value!r}, not a finite number; "
@@ -144,8 +151,8 @@ def add_model_tables(table: SearchTable, *, params: bool = True, flops: bool = F
     """Add cost tables of parameter counts ("params") and/or FLOPs at batch 1 ("flops") per op.
 
     Ops are counted on the meta device (:func:`lana.pool.op_params`, and :func:`lana.pool.op_stats`
-    for FLOPs, which runs each op once), once per distinct op key; the fixed part is the teacher's skeleton (every layer replaced by a shape
-    adapter), as for a LUT's fixed latency.
+    for FLOPs, which runs each op once), once per distinct op key; the fixed part is the teacher's
+    skeleton (every layer replaced by a shape adapter), as for a LUT's fixed latency.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -141,6 +141,7 @@ def test_cli_single_shot(tmp_path):
     ("out-dir", "is a folder"),
     ("out-input", "would overwrite the input"),
     ("max-params", "--max-params: budget 'many'"),
+    ("key", r"scores.json: layer 'blocks.0' scores an invalid op key \(not an op key: 'efn:e=9'"),
     ("teacher-failed", r"teacher op of layer 'blocks.3' failed to profile .*unsupported operator"
                        r".*lana-profile .*--force"),
 ])
@@ -154,6 +155,10 @@ def test_cli_bad_input_is_one_line(tmp_path, case, match):
     if case == "teacher-failed":
         kw["fail"] = [t.ops[3][0]]
     scores, (lut,) = _write_files(tmp_path, t, **kw)
+    if case == "key":  # a scores file naming an op no LUT could hold: the scores are at fault
+        data = json.loads(Path(scores).read_text())
+        data["layers"][0]["scores"]["efn:e=9"] = 0.1
+        Path(scores).write_text(json.dumps(data))
     budget = "0.001x" if case == "infeasible" else "0.5x"
     out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path,
            "out-input": scores}.get(case, tmp_path / "o.json")
