@@ -94,14 +94,20 @@ def op_params(spec: OpSpec, teacher_layer: torch.nn.Module | None = None) -> int
 
 def op_stats(spec: OpSpec, teacher_layer: torch.nn.Module | None = None) -> tuple[int, int]:
     """(parameters, FLOPs) of one op at batch 1, as deployed; FLOPs counted by torch's flop counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     module = _meta_op(spec, teacher_layer)
     params = sum(p.numel() for p in module.parameters())
+    return params, count_flops(module, torch.empty(1, *spec.in_shape, device="meta"))
+
+
+def count_flops(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass of ``module`` on ``x``, by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        module(torch.empty(1, *spec.in_shape, device="meta"))
-    return params, int(counter.get_total_flops())
+        module(x)
+    return int(counter.get_total_flops())
 
 
-__all__ = ["LayerPool", "build_pool", "check_spec", "deploy", "layer_candidates", "op_params", "op_stats"]
+__all__ = ["LayerPool", "build_pool", "check_spec", "count_flops", "deploy", "layer_candidates",
+           "op_params", "op_stats"]

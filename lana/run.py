@@ -254,11 +254,12 @@ def _check_options(config: RunConfig) -> None:
         Budget("latency", config.budget)
     except SearchError as exc:
         raise RunError(f"--budget: {exc}") from None
-    whole = {"--k": (config.k, 1), "--calibrate": (config.calibrate, 0),
-             "--pretrain-epochs": (config.pretrain_epochs, 1),
-             "--finetune-epochs": (config.finetune_epochs, 1), "--images": (config.images, 1),
-             "--verify-rounds": (config.verify_rounds, 0), "--seed": (config.seed, 0)}
-    for option, (value, low) in whole.items():
+    minimums = {"--k": (config.k, 1), "--calibrate": (config.calibrate, 0),
+                "--pretrain-epochs": (config.pretrain_epochs, 1),
+                "--finetune-epochs": (config.finetune_epochs, 1), "--images": (config.images, 1),
+                "--verify-rounds": (config.verify_rounds, 0), "--seed": (config.seed, 0),
+                "--repeats": (config.repeats, 1)}
+    for option, (value, low) in minimums.items():
         if value is not None and value < low:
             raise RunError(f"{option} must be at least {low}, not {value}")
     if not 0 < config.overlap <= 1:
@@ -284,9 +285,6 @@ class Pipeline:
             from lana.ops import POOLS
 
             raise RunError(f"unknown pool {config.pool!r}; valid pools: {', '.join(POOLS)}")
-        if config.repeats < 1:
-            raise RunError(f"--repeats must be at least 1 (end-to-end measurements of each "
-                           f"network), not {config.repeats}")
         _check_options(config)
         self.manifest = _prepare_dir(self.out, config, force)
         self._teacher = None

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from lana.cli import command_parser, whole
+from lana.cli import command_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, default=0.7, help="max shared layers, fraction (0.7)")
     p.add_argument("--pretrain-epochs", type=int, help="epochs of layer-wise distillation")
     p.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning")
-    p.add_argument("--images", type=whole(1), help="cap the training images (quick runs)")
-    p.add_argument("--seed", type=whole(0), default=0)
+    p.add_argument("--images", type=int, help="cap the training images (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="measured latency may exceed the budget by this share (default 0.05)")
     p.add_argument("--verify-rounds", type=int, default=3, metavar="R",

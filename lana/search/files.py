@@ -154,10 +154,7 @@ def add_model_tables(table: SearchTable, *, params: bool = True, flops: bool = F
     for FLOPs, which runs each op once), once per distinct op key; the fixed part is the teacher's
     skeleton (every layer replaced by a shape adapter), as for a LUT's fixed latency.
     """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from lana.pool import op_params, op_stats
+    from lana.pool import count_flops, op_params, op_stats
     from lana.spec import parse_key
     from lana.teachers import create_teacher
 
@@ -184,12 +181,8 @@ def add_model_tables(table: SearchTable, *, params: bool = True, flops: bool = F
             row.append(stats[slot])
         per_layer.append(row)
     skeleton = teacher.skeleton()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        if flops:
-            skeleton(teacher.example_input())
     fixed = (float(sum(p.numel() for p in skeleton.parameters())),
-             float(counter.get_total_flops()))
+             float(count_flops(skeleton, teacher.example_input())) if flops else 0.0)
     for index, (name, wanted) in enumerate((("params", params), ("flops", flops))):
         if wanted:
             table = table.with_costs(name, [[float(s[index]) for s in row] for row in per_layer],
