@@ -131,9 +131,9 @@ def accelerated_architecture(pool) -> tuple[str, ...]:
 
 
 def cache_dir() -> Path:
-    from lana.export import default_cache_dir
+    from lana.cache import cache_root
 
-    return default_cache_dir().parent / "benchmarks"
+    return cache_root() / "benchmarks"
 
 
 def choose_lut(teacher, archs: list[tuple[str, ...]], *, lut_path: str | None,

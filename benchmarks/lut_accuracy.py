@@ -134,7 +134,7 @@ def run(teachers: list[str], *, device: str, samples: int, repeats: int, lut_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lana.export import default_cache_dir
+    from lana.cache import cache_root
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", default="demo,efficientnet_b0",
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-correction", action=argparse.BooleanOptionalAction,
                         help="scale measurements by the teacher measured next to them (default: "
                              "only with --statistic median)")
-    parser.add_argument("--lut-dir", default=str(default_cache_dir().parent / "benchmarks"),
+    parser.add_argument("--lut-dir", default=str(cache_root() / "benchmarks"),
                         help="where the profiled LUTs are kept (default: $LANA_CACHE_DIR/benchmarks)")
     parser.add_argument("--plot-dir", default=".", help="where PNGs go ('' for none)")
     parser.add_argument("--write", action="store_true", help="store the calibration in the LUTs")

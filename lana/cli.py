@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``lana/commands/<name>.py`` with ``register(subparsers)`` and ``run(args)``;
 its help text is the module docstring.  Errors the user can fix (:class:`lana.errors.LanaError`) print
-one line and exit with status 2; Ctrl-C exits with 130 after the command has saved what it measured.
+one line and exit with status 2; Ctrl-C exits with 130, and SIGTERM (``kill``, ``timeout``, a batch
+scheduler) with 143, both after the command has saved what it measured and removed its temporary files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lana.errors import LanaError
 COMMANDS = (
     "teachers", "ops", "devices", "profile", "lut", "search",
     "train_teacher", "pretrain", "score", "verify", "select", "finetune",
-    "assemble", "validate", "bench", "run",
+    "assemble", "validate", "bench", "run", "cache",
 )
 
 
@@ -42,11 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwound like Ctrl-C, so partial results are flushed and resumable."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import signal
+    import threading
+
     from profilers.errors import ProfilerError
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         code = args.func(args)
     except (LanaError, ProfilerError) as exc:  # both are raised with a one-line fix
@@ -57,10 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("interrupted: everything measured so far is saved; re-run the same command "
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}: everything measured so far is saved; re-run the same command "
               "(with --resume where it applies) to continue", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
 
 

@@ -28,9 +28,10 @@ class ExportError(LanaError):
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("LANA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lana")
-    return Path(root) / "onnx"
+    """Where exports are cached: ``onnx/`` under :func:`lana.cache.cache_root` (`lana cache`)."""
+    from lana.cache import cache_root
+
+    return cache_root() / "onnx"
 
 
 def content_hash(module: nn.Module, input_shape: Sequence[int], opset: int = OPSET) -> str:
@@ -60,17 +61,35 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int], path: str | Path 
     With ``path`` the file is written there; otherwise into the content-hash cache, and a cached file
     is returned without exporting again.  Raises :class:`ExportError` naming the module on failure.
     """
-    module = module.eval()
     if path is None:
-        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        suffix = "-dyn" if dynamic_batch else ""
-        target = cache / f"{content_hash(module, input_shape, opset)}{suffix}.onnx"
-        if target.exists() and target.stat().st_size > 0:
-            return target
-    else:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        return cached_export(module, input_shape, cache_dir, opset=opset,
+                             dynamic_batch=dynamic_batch)[0]
+    return _export(module.eval(), input_shape, Path(path), opset, dynamic_batch)
+
+
+def cached_export(module: nn.Module, input_shape: Sequence[int],
+                  cache_dir: str | Path | None = None, *, opset: int = OPSET,
+                  dynamic_batch: bool = False) -> tuple[Path, bool]:
+    """:func:`export_onnx` into the content-hash cache: ``(path, True if exported by this call)``.
+
+    A cache hit refreshes the file's time: `lana cache prune` removes the least recently used first.
+    """
+    module = module.eval()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    suffix = "-dyn" if dynamic_batch else ""
+    target = cache / f"{content_hash(module, input_shape, opset)}{suffix}.onnx"
+    if target.exists() and target.stat().st_size > 0:
+        from lana.cache import touch
+
+        touch(target)
+        return target, False
+    return _export(module, input_shape, target, opset, dynamic_batch), True
+
+
+def _export(module: nn.Module, input_shape: Sequence[int], target: Path, opset: int,
+            dynamic_batch: bool) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(*input_shape)
     buffer = io.BytesIO()
     try:

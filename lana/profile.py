@@ -229,17 +229,13 @@ def _prepare(t, key: str | None, owner: dict[str, int], batch_size: int, cache_d
     finally:
         times["build_s"] = times.get("build_s", 0.0) + time.perf_counter() - t0
     t1 = time.perf_counter()
-    since = time.time() - 1.0
     try:
-        path = lana.export.export_onnx(module, _input_shape(t, key, batch_size), cache_dir=cache_dir)
+        path, exported = lana.export.cached_export(module, _input_shape(t, key, batch_size),
+                                                   cache_dir=cache_dir)
     except LanaError as exc:
         return None, f"export failed: {exc}", False
     finally:
         times["export_s"] = times.get("export_s", 0.0) + time.perf_counter() - t1
-    try:
-        exported = path.stat().st_mtime >= since
-    except OSError:
-        exported = False
     return str(path), None, exported
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lana.export import content_hash, export_onnx, run_onnx
+from lana.export import cached_export, content_hash, export_onnx, run_onnx
 from lana.ops import create_op, deploy
 from lana.spec import OpSpec
 from lana.teachers import create_teacher, list_teachers
@@ -57,9 +57,12 @@ def test_export_cache_hits_and_content_hash(tmp_path):
     spec = OpSpec.make("cb_stack", (8, 8, 8), (8, 8, 8), 1, k=3, w=0.5)
     a = create_op(spec).eval()
     first = export_onnx(a, (1, 8, 8, 8), cache_dir=tmp_path)
-    mtime = first.stat().st_mtime_ns
+    inode = first.stat().st_ino
     assert export_onnx(a, (1, 8, 8, 8), cache_dir=tmp_path) == first
-    assert first.stat().st_mtime_ns == mtime  # served from the cache, not re-exported
+    assert first.stat().st_ino == inode  # served from the cache, not re-exported (a new file)
+    assert cached_export(a, (1, 8, 8, 8), cache_dir=tmp_path) == (first, False)
+    assert cached_export(a, (1, 8, 8, 8), cache_dir=tmp_path / "other") == (
+        tmp_path / "other" / first.name, True)
     b = create_op(spec).eval()  # other weights: another content hash, another file
     assert content_hash(a, (1, 8, 8, 8)) != content_hash(b, (1, 8, 8, 8))
     assert export_onnx(b, (1, 8, 8, 8), cache_dir=tmp_path) != first

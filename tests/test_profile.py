@@ -120,7 +120,7 @@ def test_failed_export_and_engine_build_are_recorded(tmp_path, demo_pool, monkey
     export_fails, build_fails = keys[0], keys[-1]
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00 not a model")
-    real_export = lana.export.export_onnx
+    real_export = lana.export.cached_export
 
     def signature(key):
         spec = parse_key(key)
@@ -129,15 +129,15 @@ def test_failed_export_and_engine_build_are_recorded(tmp_path, demo_pool, monkey
     sig_export, sig_build = signature(export_fails), signature(build_fails)
     assert sig_export != sig_build
 
-    def flaky_export(module, input_shape, path=None, cache_dir=None, **kw):
+    def flaky_export(module, input_shape, cache_dir=None, **kw):
         sig = (repr(module), tuple(input_shape))
         if sig == sig_export:
             raise lana.export.ExportError("ONNX export of Residual failed: unsupported operator")
         if sig == sig_build:
-            return garbage
-        return real_export(module, input_shape, path, cache_dir, **kw)
+            return garbage, True
+        return real_export(module, input_shape, cache_dir, **kw)
 
-    monkeypatch.setattr(lana.export, "export_onnx", flaky_export)
+    monkeypatch.setattr(lana.export, "cached_export", flaky_export)
     out = tmp_path / "demo.json"
     report = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD)
     lut = Lut.load(out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 from lana.cli import command_parser
@@ -49,22 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the run's report as JSON")
 
 
-def _raise_interrupt(signum, frame):  # SIGTERM ends the run like Ctrl-C: flushed, resumable
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     from lana.profile import profile
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        report = profile(args.device, args.teacher, pool=args.pool, out=args.out,
-                         batch_size=args.batch_size, resume=args.resume, force=args.force,
-                         shard=args.shard, selector=args.selector, input_shape=args.input_shape,
-                         cache_dir=args.cache_dir, keep_samples=args.keep_samples, jobs=args.jobs,
-                         progress=not args.quiet and sys.stderr.isatty())
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    report = profile(args.device, args.teacher, pool=args.pool, out=args.out,
+                     batch_size=args.batch_size, resume=args.resume, force=args.force,
+                     shard=args.shard, selector=args.selector, input_shape=args.input_shape,
+                     cache_dir=args.cache_dir, keep_samples=args.keep_samples, jobs=args.jobs,
+                     progress=not args.quiet and sys.stderr.isatty())
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
         return 0
@@ -73,5 +64,21 @@ def run(args: argparse.Namespace) -> int:
           f"{report.failed} failed, {report.noisy} noisy (of {report.total} ops and the skeleton) "
           f"in {report.wall_s:.0f} s ({rate:.0f} ops/min)"
           + ("; the machine was busy: see the warning above" if report.load.get("busy") else ""))
+    if args.cache_dir is None:
+        _cache_hint()
     return 0
+
+
+CACHE_HINT_BYTES = 10 * 1024 ** 3
+
+
+def _cache_hint() -> None:
+    """Say so when the export cache has grown large: it is never trimmed on its own."""
+    from lana.cache import cache_root, format_size, usage
+
+    onnx = next(p for p in usage() if p.name == "onnx")
+    if onnx.bytes > CACHE_HINT_BYTES:
+        print(f"note: the ONNX export cache {cache_root()} holds {format_size(onnx.bytes)}; "
+              "`lana cache prune --max-size 5G` keeps the most recently used 5 GiB",
+              file=sys.stderr)
 
