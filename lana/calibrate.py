@@ -611,6 +611,7 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     if len(archs) < 6:
         raise CalibrationError(f"the LUT's pool has only {len(archs)} distinct architectures; "
                                f"calibration needs 6 or more")
+    held = split_held_out(len(archs), holdout)  # refuses a bad --holdout before measuring
     raws = [lut.predict_raw(ops) for ops in archs]
     check_statistic(statistic)
     for other, _ in compare:
@@ -620,7 +621,6 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
                            progress=progress)
     supported = lut_applies_family_terms()
     order = sorted(range(len(archs)), key=lambda j: raws[j])
-    held = split_held_out(len(archs), holdout)
 
     def evaluate(reduce_by: str, drift: bool):
         measured = combine_repeats(runs, reduce_by, drift)

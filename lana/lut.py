@@ -496,6 +496,13 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
         raise LutError("nothing to merge; pass two or more LUT files")
     if combine is not None and combine not in COMBINE:
         raise LutError(f"--combine must be one of {', '.join(COMBINE)}, got {combine!r}")
+    resolved: dict[str, str] = {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in resolved:
+            both = f" (as {resolved[real]} and {p})" if resolved[real] != str(p) else ""
+            raise LutError(f"{p} is given twice{both}; pass each shard or profile once")
+        resolved[real] = str(p)
     luts = [Lut.load(p, check_fingerprint=False) for p in paths]
     base = luts[0]
     merged = Lut(json.loads(json.dumps(base.data)))

@@ -248,9 +248,12 @@ def shipped_lut(teacher: str, device: str, pool: str) -> Path | None:
 def _check_options(config: RunConfig) -> None:
     """Refuse option values a later stage would refuse, before the first stage runs."""
     from lana.search import Budget
+    from lana.search.budget import check_unit
     from lana.search.errors import SearchError
 
     try:
+        if isinstance(config.budget, str):
+            check_unit(config.budget, latency=True)
         Budget("latency", config.budget)
     except SearchError as exc:
         raise RunError(f"--budget: {exc}") from None

@@ -129,3 +129,31 @@ def test_lana_error_prints_one_line_and_exits_two(monkeypatch, capsys):
     assert cli.main(["devices"]) == 2
     err = capsys.readouterr().err
     assert err == "error: no presets found; set LANA_PRESET_PATH to a directory of TOML files\n"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train-teacher", "--out", "{tmp}/"], "--out {tmp}/ is a folder; name the file, e.g. {tmp}/demo.pt"),
+    (["verify", "--search", "s.json", "--lut", "l.json", "--device", "cpu-ort", "--budget", "0.5x",
+      "--out", "{tmp}"], "--out {tmp} is a folder; name the file, e.g. {tmp}/verify.json"),
+    (["validate", "--arch", "a.json", "--device", "cpu-ort", "--lut", "l.json", "--plot",
+      "{tmp}/file.txt/x.png"], "--plot {tmp}/file.txt/x.png cannot be written: {tmp}/file.txt is "
+                               "a file, not a folder; choose another path"),
+    (["lut", "calibrate", "--lut", "l.json", "--device", "cpu-ort", "--plot", "{tmp}"],
+     "--plot {tmp} is a folder; name the file, e.g. {tmp}/calibration.png"),
+])
+def test_output_paths_are_refused_before_the_work(tmp_path, capsys, argv, needle):
+    """A result that could not be written is refused before minutes of training or measuring."""
+    (tmp_path / "file.txt").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {needle.replace('{tmp}', str(tmp_path))}\n"
+
+
+def test_check_output_file_probes_the_folder(tmp_path):
+    from lana.errors import check_output_file
+
+    assert check_output_file(tmp_path / "new" / "deeper" / "a.json", "--out", "a.json") == (
+        tmp_path / "new" / "deeper" / "a.json")
+    assert not (tmp_path / "new").exists()  # nothing made, nothing left behind
+    assert list(tmp_path.iterdir()) == []

@@ -221,6 +221,11 @@ def test_merge_shards_and_refuse_mismatched(tmp_path):
     pc = c.save(tmp_path / "c.json")
     with pytest.raises(LutError, match="differ in protocol"):
         merge([pa, pc])
+    with pytest.raises(LutError, match=r"a.json is given twice; pass each shard or profile once"):
+        merge([pa, pb, pa], tmp_path / "twice.json")
+    with pytest.raises(LutError, match=r"given twice \(as .*a.json and .*\./a.json\)"):
+        merge([pa, f"{tmp_path}/./a.json"], tmp_path / "twice.json")
+    assert not (tmp_path / "twice.json").exists()
 
 
 def test_merge_combines_whole_profiles_by_min_or_median(tmp_path):

@@ -325,6 +325,7 @@ def test_repeats_below_one_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["--budget", "abc"], "--budget: budget 'abc' is not a number"),
     (["--budget", "0x"], "must be a positive number"),
+    (["--budget", "5M"], "--budget: budget '5M' is a count, but latency budgets are milliseconds"),
     (["--k", "0"], "--k must be at least 1"),
     (["--overlap", "1.5"], "--overlap must be in (0, 1]"),
     (["--calibrate", "-1"], "--calibrate must be at least 0"),

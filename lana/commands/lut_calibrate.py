@@ -55,6 +55,10 @@ def register_into(lut_sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from lana.calibrate import calibrate
     from lana.commands.assemble import print_warnings
+    from lana.errors import check_output_file
+
+    if args.plot:
+        check_output_file(args.plot, "--plot", "calibration.png")
 
     progress: Callable[[int, int], None] | None = None
     bar = None

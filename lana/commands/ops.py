@@ -52,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
         listing = pool_listing(args.teacher, args.pool, args.selector, args.input_shape)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    n = len(listing["layers"])
+    missing = [i for i in args.layer or () if not 0 <= i < n]
+    if missing:
+        from lana.errors import LanaError
+
+        raise LanaError(f"--layer {missing[0]}: {args.teacher} has layers 0-{n - 1}; list them all "
+                        f"with `lana ops --teacher {args.teacher} --pool {args.pool}`")
     if args.json:
         json.dump(listing, sys.stdout, indent=1)
         print()

@@ -31,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lana.errors import check_output_file
     from lana.train_teacher import train_teacher
 
+    if args.out:
+        check_output_file(args.out, "--out", f"{args.teacher}.pt")
     train_teacher(args.teacher, epochs=args.epochs, out=args.out, data=args.data, seed=args.seed,
                   batch_size=args.batch_size, lr=args.lr, threads=args.threads, progress=True)
     return 0

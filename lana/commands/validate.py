@@ -45,7 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lana.commands.assemble import print_warnings
+    from lana.errors import check_output_file
     from lana.validate import plot_predicted_vs_measured, validate
+
+    if args.plot:
+        check_output_file(args.plot, "--plot", "validate.png")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

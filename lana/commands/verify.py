@@ -42,7 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lana.commands.pretrain import call_reporting_warnings
+    from lana.errors import check_output_file
     from lana.verify import verify
+
+    check_output_file(args.out, "--out", "verify.json")
 
     res = call_reporting_warnings(
         verify, args.search, args.lut, args.device, args.budget, scores=args.scores,

@@ -18,14 +18,29 @@ _NUMBER = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(x|ms|k
 
 def _parse(text: str) -> tuple[float, bool]:
     """(value, is_fraction) of one budget string."""
+    value, unit = _split(text)
+    if unit == "x":
+        return value, True
+    return value * _SUFFIX[unit], False
+
+
+def _split(text: str) -> tuple[float, str]:
     m = _NUMBER.match(text)
     if not m:
         raise SearchError(f"budget {text!r} is not a number; write e.g. 12.5 (ms), 12.5ms, 5M "
                           f"(parameters) or 0.5x (half the teacher)")
-    value, unit = float(m.group(1)), m.group(2).lower()
-    if unit == "x":
-        return value, True
-    return value * _SUFFIX[unit], False
+    return float(m.group(1)), m.group(2).lower()
+
+
+def check_unit(text: str, latency: bool) -> None:
+    """Refuse a count (5M) as a latency budget and milliseconds as a parameter or FLOP budget."""
+    unit = _split(text)[1]
+    if latency and unit in ("k", "m", "g"):
+        raise SearchError(f"budget {text!r} is a count, but latency budgets are milliseconds; "
+                          f"write e.g. 12.5, 12.5ms or 0.5x")
+    if not latency and unit == "ms":
+        raise SearchError(f"limit {text!r} is a time, but parameters and FLOPs are counted; write "
+                          f"e.g. 5M, 300M or 0.5x")
 
 
 @dataclass(frozen=True)
@@ -88,4 +103,13 @@ def parse_budgets(text: str) -> list[str]:
         out += [f"{a + i * s:.6g}{'x' if fa else ''}" for i in range(count)]
     if not out:
         raise SearchError(f"no budget in {text!r}; write e.g. 0.5x or 0.3x:0.7x:0.1x")
+    seen: dict[tuple[float, bool], str] = {}
+    for budget in out:
+        value, fraction = _parse(budget)
+        key = (round(value, 9), fraction)
+        if key in seen:
+            both = f" (as {seen[key]} and {budget})" if seen[key] != budget else ""
+            raise SearchError(f"budget {budget} comes twice in {text!r}{both}; give each budget "
+                              f"once")
+        seen[key] = budget
     return out

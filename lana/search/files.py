@@ -49,6 +49,11 @@ def read_scores(path: str | Path) -> dict[str, Any]:
                 raise SearchError(f"{path}: score of op {key} at layer "
                                   f"{layer.get('name', i)!r} is {value!r}, not a finite number; "
                                   f"re-run lana score")
+    loss = data.get("teacher_loss")
+    if loss is not None and (not isinstance(loss, (int, float)) or isinstance(loss, bool)
+                             or not math.isfinite(loss)):
+        raise SearchError(f"{path}: teacher_loss is {loss!r}, not a finite number; re-run lana "
+                          f"score (or delete the field: predicted losses are then left out)")
     return data
 
 

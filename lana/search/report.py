@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from lana.search.budget import Budget, parse_budgets
+from lana.search.budget import Budget, check_unit, parse_budgets
 from lana.search.errors import SearchError
 from lana.search.files import add_model_tables, arch_dict, load_table
 from lana.search.solver import max_shared_layers
@@ -33,6 +33,9 @@ def build_targets(table_names: Sequence[str], budgets: Sequence[str],
         raise SearchError(f"{len(budgets)} --budget values for {len(table_names)} --lut files; "
                           f"give at most one budget per LUT, in the same order")
     expanded = [parse_budgets(b) for b in budgets]
+    for values in expanded:
+        for value in values:
+            check_unit(value, latency=True)
     axes = [i for i, values in enumerate(expanded) if len(values) > 1]
     if len(axes) > 1:
         raise SearchError("only one --budget may list several values (the sweep axis); give "
@@ -43,6 +46,7 @@ def build_targets(table_names: Sequence[str], budgets: Sequence[str],
                                  ("flops", max_flops, "--max-flops")):
         if limit is not None:
             try:
+                check_unit(limit, latency=False)
                 fixed.append(Budget(name, limit))
             except SearchError as exc:
                 raise SearchError(f"{option}: {exc}") from None

@@ -141,7 +141,11 @@ def test_cli_single_shot(tmp_path):
     ("out-dir", "is a folder"),
     ("out-input", "would overwrite the input"),
     ("max-params", "--max-params: budget 'many'"),
+    ("params-ms", "--max-params: limit '5ms' is a time, but parameters and FLOPs are counted"),
+    ("count", "budget '5M' is a count, but latency budgets are milliseconds"),
+    ("twice", r"budget 0.4x comes twice in '0.3x:0.5x:0.1x,0.4x'; give each budget once"),
     ("key", r"scores.json: layer 'blocks.0' scores an invalid op key \(not an op key: 'efn:e=9'"),
+    ("teacher-loss", r"scores.json: teacher_loss is 'x', not a finite number; re-run lana score"),
     ("teacher-failed", r"teacher op of layer 'blocks.3' failed to profile .*unsupported operator"
                        r".*lana-profile .*--force"),
 ])
@@ -159,12 +163,18 @@ def test_cli_bad_input_is_one_line(tmp_path, case, match):
         data = json.loads(Path(scores).read_text())
         data["layers"][0]["scores"]["efn:e=9"] = 0.1
         Path(scores).write_text(json.dumps(data))
-    budget = "0.001x" if case == "infeasible" else "0.5x"
+    if case == "teacher-loss":
+        data = json.loads(Path(scores).read_text())
+        data["teacher_loss"] = "x"
+        Path(scores).write_text(json.dumps(data))
+    budget = {"infeasible": "0.001x", "count": "5M", "twice": "0.3x:0.5x:0.1x,0.4x"}.get(case,
+                                                                                       "0.5x")
     out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path,
            "out-input": scores}.get(case, tmp_path / "o.json")
     argv = ["--lut", lut, "--scores", scores, "--budget", budget, "--out", str(out)]
     argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"], "threads": ["--threads", "0"],
-             "budgets": ["--budget", "0.6x"], "max-params": ["--max-params", "many"]}.get(case, [])
+             "budgets": ["--budget", "0.6x"], "max-params": ["--max-params", "many"],
+             "params-ms": ["--max-params", "5ms"]}.get(case, [])
     with pytest.raises(LanaError, match=match) as err:
         _run(argv)
     assert "\n" not in str(err.value)

@@ -24,7 +24,7 @@ def test_parse_budget_lists_and_ranges():
     assert parse_budgets("0.3x,0.5x") == ["0.3x", "0.5x"]
     assert parse_budgets("0.3x:0.7x:0.1x") == ["0.3x", "0.4x", "0.5x", "0.6x", "0.7x"]
     assert parse_budgets("10:12:1,20") == ["10", "11", "12", "20"]
-    for bad in ("fast", "0.3x:0.7:0.1x", "0.7x:0.3x:0.1x", "1:2", ""):
+    for bad in ("fast", "0.3x:0.7:0.1x", "0.7x:0.3x:0.1x", "1:2", "", "0.5x,0.50x", "10,10ms"):
         with pytest.raises(SearchError):
             parse_budgets(bad)
 

@@ -133,3 +133,17 @@ def test_cli_teachers_json_and_table(capsys):
     assert main(["teachers"]) == 0
     table = capsys.readouterr().out
     assert "resnest50d_1s4x24d" in table and "—" in table
+
+
+def test_cli_ops_lists_the_pool_and_refuses_a_layer_it_lacks(capsys):
+    assert main(["ops", "--teacher", "demo", "--pool", "small", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    n = len(listing["layers"])
+    assert n >= 10 and all(layer["ops"][0].startswith("teacher:") for layer in listing["layers"])
+    assert main(["ops", "--teacher", "demo", "--pool", "small", "--layer", str(n - 1)]) == 0
+    shown = capsys.readouterr().out
+    assert f"layer {n - 1} {listing['layers'][-1]['name']}" in shown and "layer 0 " not in shown
+    assert main(["ops", "--teacher", "demo", "--pool", "small", "--layer", str(n)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --layer {n}: demo has layers 0-{n - 1}; list them all with "
+        "`lana ops --teacher demo --pool small`")
