@@ -173,10 +173,10 @@ def _index(n: int, index: int | None, path: Path) -> int:
 
 def write_arch(arch: Architecture, path: str | Path) -> Path:
     """Write ``arch`` atomically as a single-architecture file."""
-    from lana.lut import atomic_write_text
+    from lana.atomic import write_text
 
     path = Path(path)
-    atomic_write_text(path, json.dumps(arch.to_dict(), indent=1) + "\n")
+    write_text(path, json.dumps(arch.to_dict(), indent=1) + "\n")
     return path
 
 
@@ -373,8 +373,6 @@ def save_student(model: "nn.Module", arch: Architecture, teacher: "Teacher", pat
                  *, weights: Sequence[LayerWeights] = (), **meta: Any) -> Path:
     """Write ``{"arch", "state_dict", "teacher", "weights", "deployed", ...}`` atomically."""
     import io
-    import os
-    import tempfile
 
     import torch
 
@@ -385,11 +383,9 @@ def save_student(model: "nn.Module", arch: Architecture, teacher: "Teacher", pat
                "weights": [w.to_dict() for w in weights], **meta}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".student-", suffix=".pt")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    from lana.atomic import write_bytes
+
+    write_bytes(path, buf.getvalue())
     return path
 
 
@@ -488,7 +484,7 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
              onnx: bool = True) -> Assembly:
     """Build the student of ``arch`` and write it to ``out_dir`` (see the module docstring)."""
     from lana.export import export_onnx
-    from lana.lut import atomic_write_text
+    from lana.atomic import write_text
     from lana.ops import deploy
 
     if not isinstance(arch, Architecture):
@@ -515,7 +511,7 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
                                 out / "student.onnx", dynamic_batch=True)
     result = Assembly(arch, out, arch_path, student_path, onnx_path, tuple(weights),
                       t.input_shape)
-    atomic_write_text(out / "assembly.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    write_text(out / "assembly.json", json.dumps(result.to_dict(), indent=1) + "\n")
     return result
 
 

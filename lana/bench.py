@@ -295,10 +295,10 @@ def bench(model: str | Path | None = None, device: str = "cpu-ort", *,
 
 
 def save_baseline(result: BenchResult, path: str | Path) -> Path:
-    from lana.lut import atomic_write_text
+    from lana.atomic import write_text
 
     path = Path(path)
-    atomic_write_text(path, json.dumps(result.to_dict(), indent=1) + "\n")
+    write_text(path, json.dumps(result.to_dict(), indent=1) + "\n")
     return path
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lana.atomic import write_bytes
 from lana.errors import LanaError
 
 
@@ -45,10 +44,7 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], **met
                "digest": _tensor_digest(state_dict), "meta": meta}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, **expect: Any) -> tuple[dict[str, torch.Tensor], dict]:

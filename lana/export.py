@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from lana.atomic import write_bytes
 from lana.errors import LanaError
 
 OPSET = 17
@@ -105,10 +104,7 @@ def _export(module: nn.Module, input_shape: Sequence[int], target: Path, opset: 
         raise ExportError(f"ONNX export of {type(module).__name__} for input {tuple(input_shape)} "
                           f"failed: {first[:300]}") from exc
     # Atomic write: a concurrent reader or an interrupted export never sees a partial file.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".onnx")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buffer.getvalue())
-    os.replace(tmp, target)
+    write_bytes(target, buffer.getvalue(), durable=False)
     return target
 
 

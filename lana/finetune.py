@@ -22,8 +22,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -86,17 +84,11 @@ def top1(model: nn.Module, split: Split, device: torch.device, batch_size: int =
 
 
 def _save_atomic(payload: dict, path: Path) -> None:
+    from lana.atomic import write_bytes
+
     buf = io.BytesIO()
     torch.save(payload, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, buf.getvalue())
 
 
 def _load_arch(arch: "Architecture | str | Path") -> "Architecture":
@@ -256,10 +248,10 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
                               "temperature": temperature, "kd_weight": kd_weight,
                               "images": len(train), "seed": seed}}
         if info.is_main:
-            from lana.lut import atomic_write_text
+            from lana.atomic import write_text
 
             save_student(student.cpu(), a, t, out / "student.pt", metrics=metrics)
-            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+            write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         barrier(info)
         return metrics
     finally:

@@ -7,7 +7,7 @@ wrong: another schema major, op code changed since profiling (``ops_fingerprint`
 teacher/batch/device mismatch, truncated JSON.  Every error is one line that says what to do,
 usually the exact ``lana-profile`` command.
 
-Writes are atomic (temp file + ``os.replace``).  While profiling, :class:`LutWriter` also appends
+Writes are atomic (:mod:`lana.atomic`).  While profiling, :class:`LutWriter` also appends
 each entry to a journal next to the file, so a killed profile loses nothing and ``--resume`` re-measures
 nothing.
 """
@@ -20,12 +20,12 @@ import math
 import os
 import shlex
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from lana.atomic import write_text
 from lana.errors import LanaError
 from lana.spec import parse_key
 
@@ -370,35 +370,13 @@ class Lut:
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Write atomically: a temp file in the same directory, fsync, then ``os.replace``."""
+        """Write atomically (:func:`lana.atomic.write_text`): readers see the old or the new file."""
         target = Path(path) if path is not None else self.path
         if target is None:
             raise LutError("no path to save the LUT to")
-        atomic_write_text(target, self.dumps())
+        write_text(target, self.dumps())
         self.path = target
         return target
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 class LutWriter:

@@ -447,9 +447,9 @@ def _now() -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from lana.lut import atomic_write_text
+    from lana.atomic import write_text
 
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _flops_cost(spec: OpSpec) -> float:

@@ -134,9 +134,9 @@ class Manifest:
                            f"or pass --force to start over") from exc
 
     def write(self, path: Path) -> None:
-        from lana.lut import atomic_write_text
+        from lana.atomic import write_text
 
-        atomic_write_text(path, json.dumps({"schema": SCHEMA, "config": self.config,
+        write_text(path, json.dumps({"schema": SCHEMA, "config": self.config,
                                             "stages": self.stages}, indent=1))
 
 

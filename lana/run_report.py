@@ -82,9 +82,9 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
         "device": p.config.device, "batch_size": lut.batch_size,
         "calibrated": lut.calibration is not None,
     }
-    from lana.lut import atomic_write_text
+    from lana.atomic import write_text
 
-    atomic_write_text(p.path("validation.json"), json.dumps(result, indent=1) + "\n")
+    write_text(p.path("validation.json"), json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -162,14 +162,14 @@ def _layer_rows(p: "Pipeline") -> list[dict[str, Any]]:
 
 def write_report(p: "Pipeline") -> dict[str, Any]:
     """summary.json, report.md and its PNGs, and a rich summary table on the terminal."""
-    from lana.lut import atomic_write_text
+    from lana.atomic import write_text
 
     summary = summarize(p)
-    atomic_write_text(p.path("summary.json"), json.dumps(summary, indent=1) + "\n")
+    write_text(p.path("summary.json"), json.dumps(summary, indent=1) + "\n")
     rows = _layer_rows(p)
     val = json.loads(p.path("validation.json").read_text())
     _plots(p, summary, rows, val)
-    atomic_write_text(p.path("report.md"), _markdown(p, summary, rows, val))
+    write_text(p.path("report.md"), _markdown(p, summary, rows, val))
     print_summary(summary, rows, p.console)
     return summary
 

@@ -231,9 +231,9 @@ def score(pretrain: str | Path | None, teacher: "str | Teacher", pool: str = "sm
               "method": method, "seconds": round(time.perf_counter() - start, 2),
               "created": _now(), "layers": rows}
     if out is not None:
-        from lana.lut import atomic_write_text
+        from lana.atomic import write_text
 
-        atomic_write_text(Path(out), json.dumps(result, indent=1) + "\n")
+        write_text(Path(out), json.dumps(result, indent=1) + "\n")
     return result
 
 

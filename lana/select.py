@@ -324,9 +324,9 @@ def select(search: str | Path, pretrain: str | Path | None, teacher: "str | Teac
     if progress:
         print_ranking(result)
     if out is not None:
-        from lana.lut import atomic_write_text
+        from lana.atomic import write_text
 
-        atomic_write_text(Path(out), json.dumps(result, indent=1) + "\n")
+        write_text(Path(out), json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -444,11 +443,10 @@ def plot_predicted_vs_measured(points: Sequence[tuple[float, float]], path: str 
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plot-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
+    from lana.atomic import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -185,9 +185,9 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
         "fallback": fallback, "repeats": repeats, "seconds": round(time.perf_counter() - start, 2),
     }
     if out is not None:
-        from lana.lut import atomic_write_text
+        from lana.atomic import write_text
 
-        atomic_write_text(Path(out), json.dumps(result, indent=1) + "\n")
+        write_text(Path(out), json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -208,9 +208,9 @@ def unverified(search: str | Path, budget: str, reason: str, *,
         "measured": [], "rounds": [], "passed": 0, "researched": 0, "fallback": False,
     }
     if out is not None:
-        from lana.lut import atomic_write_text
+        from lana.atomic import write_text
 
-        atomic_write_text(Path(out), json.dumps(result, indent=1) + "\n")
+        write_text(Path(out), json.dumps(result, indent=1) + "\n")
     return result
 
 

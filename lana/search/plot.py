@@ -39,7 +39,9 @@ def plot_front(sweep: SweepResult, path: str | Path, *, table: str | None = None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    from lana.atomic import save_figure
+
     path = Path(path)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

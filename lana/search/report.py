@@ -81,11 +81,11 @@ def search_files(*, luts: Sequence[str], scores: str, budgets: Sequence[str], ou
         for target, budgets_, res in zip(report["targets"], sweep.targets, sweep.results):
             target["baselines"] = run_baselines(sweep.table, budgets_, res.time_s)
     report["time_s"] = time.perf_counter() - start
-    from lana.lut import atomic_write_text
+    from lana.atomic import write_text
 
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_path, json.dumps(report, indent=1) + "\n")
+        write_text(out_path, json.dumps(report, indent=1) + "\n")
     except OSError as exc:
         raise SearchError(f"cannot write {out_path}: {exc.strerror or exc}; choose a writable "
                           f"--out") from None
