@@ -137,7 +137,7 @@ class Manifest:
         from lana.atomic import write_text
 
         write_text(path, json.dumps({"schema": SCHEMA, "config": self.config,
-                                            "stages": self.stages}, indent=1))
+                                     "stages": self.stages}, indent=1))
 
 
 def upstream(stage: str) -> list[str]:

@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", help="measure only shard i of n (i/n, 1-based); merge with `lana lut merge`")
     p.add_argument("--selector", help="glob over module names picking the teacher's layers")
     p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
-    p.add_argument("--cache-dir", help="ONNX export cache (default: $LANA_CACHE_DIR or ~/.cache/lana)")
+    p.add_argument("--cache-dir", help="folder of cached ONNX exports (default: onnx/ in "
+                                       "$LANA_CACHE_DIR or ~/.cache/lana; see `lana cache`)")
     p.add_argument("--keep-samples", action="store_true", help="store raw samples in every entry")
     p.add_argument("--jobs", type=int,
                    help="processes exporting ONNX files before timing starts (default: one per CPU "
@@ -81,4 +82,3 @@ def _cache_hint() -> None:
         print(f"note: the ONNX export cache {cache_root()} holds {format_size(onnx.bytes)}; "
               "`lana cache prune --max-size 5G` keeps the most recently used 5 GiB",
               file=sys.stderr)
-
