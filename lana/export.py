@@ -7,6 +7,7 @@ its key, so the same op always hashes the same and is exported once per machine.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import warnings
@@ -24,6 +25,10 @@ OPSET = 17
 
 class ExportError(LanaError):
     """A module could not be exported to ONNX."""
+
+
+class DiskFullError(LanaError):
+    """An export had no room on its disk: a problem of the machine, not of the op."""
 
 
 def default_cache_dir() -> Path:
@@ -104,7 +109,16 @@ def _export(module: nn.Module, input_shape: Sequence[int], target: Path, opset: 
         raise ExportError(f"ONNX export of {type(module).__name__} for input {tuple(input_shape)} "
                           f"failed: {first[:300]}") from exc
     # Atomic write: a concurrent reader or an interrupted export never sees a partial file.
-    write_bytes(target, buffer.getvalue(), durable=False)
+    data = buffer.getvalue()
+    try:
+        write_bytes(target, data, durable=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFullError(f"no room for the {len(data) / 1e6:.0f} MB ONNX file of "
+                          f"{type(module).__name__} in {target.parent} (disk full); free space "
+                          f"there (`lana cache prune`), or point TMPDIR or LANA_CACHE_DIR at a "
+                          f"disk with more") from None
     return target
 
 

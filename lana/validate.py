@@ -181,6 +181,9 @@ class NetworkSession:
                 if backend_cls.accepts == "onnx":
                     self._tmp = tempfile.mkdtemp(prefix="lana-net-")
                     model = export_onnx(model, self.input_shape, Path(self._tmp) / "net.onnx")
+            except BaseException:
+                self._cleanup()
+                raise
             finally:
                 torch.set_num_threads(threads)
         backend = backend_cls(model, self.input_shape, self.config)

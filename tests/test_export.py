@@ -77,3 +77,19 @@ def test_content_hash_sees_attributes_repr_leaves_out():
         torch.manual_seed(0)
         hashes.append(content_hash(create_op(spec).eval(), (1, 16, 8, 8)))
     assert hashes[0] != hashes[1]
+
+
+def test_a_full_disk_is_the_machines_problem_not_the_ops(tmp_path, monkeypatch):
+    import errno
+
+    import lana.export
+
+    def full(path, data, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lana.export, "write_bytes", full)
+    module = torch.nn.Conv2d(3, 4, 3)
+    with pytest.raises(lana.export.DiskFullError, match=r"no room for the 0 MB ONNX file of Conv2d "
+                       r"in .* \(disk full\); free space there \(`lana cache prune`\)"):
+        export_onnx(module, (1, 3, 8, 8), cache_dir=tmp_path)
+    assert not isinstance(lana.export.DiskFullError("x"), lana.export.ExportError)

@@ -148,6 +148,20 @@ def test_failed_export_and_engine_build_are_recorded(tmp_path, demo_pool, monkey
     lut.require(shard_keys(demo_pool[1]))  # failed entries are present, skipped by the search
 
 
+def test_a_full_disk_stops_the_profile_instead_of_failing_every_op(tmp_path, monkeypatch):
+    import errno
+
+    def full(path, data, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lana.export, "write_bytes", full)
+    out = tmp_path / "demo.json"
+    with pytest.raises(lana.export.DiskFullError, match="disk full"):
+        profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD,
+                cache_dir=tmp_path / "empty-cache")
+    assert not out.exists() or not any("failed" in e for e in Lut.load(out).entries.values())
+
+
 def test_unknown_device_and_missing_backend_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(UnknownNameError, match="unknown device 'v200-trt'; valid: .*cpu-ort"):
         profile("v200-trt", "demo", out=tmp_path / "x.json")

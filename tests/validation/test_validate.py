@@ -140,3 +140,26 @@ def test_parse_budget(text, teacher, expected):
 def test_parse_budget_refuses(text):
     with pytest.raises(ValidationError):
         parse_budget(text, None)
+
+
+def test_a_network_that_fails_to_export_leaves_no_temporary_folder(tiny_device, tmp_path,
+                                                                    monkeypatch):
+    import tempfile
+
+    import torch
+
+    import lana.export
+    from lana.validate import NetworkSession
+    from profilers import load_preset
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fails(*args, **kwargs):
+        raise lana.export.ExportError("ONNX export of Sequential failed: unsupported operator")
+
+    monkeypatch.setattr(lana.export, "export_onnx", fails)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    with pytest.raises(lana.export.ExportError, match="unsupported operator"):
+        with NetworkSession(net, (1, 3, 8, 8), load_preset(tiny_device)):
+            pass
+    assert list(tmp_path.iterdir()) == []
