@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from lana.errors import LanaError
 from lana.search.budget import Budget, check_unit, parse_budgets
 from lana.search.errors import SearchError
 from lana.search.files import add_model_tables, arch_dict, load_table
@@ -113,6 +114,12 @@ def _report_path(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
     if path.suffix.lower() == ".png":
         raise SearchError(f"--out {text} ends in .png, the name of the plot written beside the "
                           f"report; name the report {path.with_suffix('.json')}")
+    from lana.errors import check_output_file
+
+    try:
+        check_output_file(path, "--out", "search.json")  # before the solves, not after
+    except LanaError as exc:
+        raise SearchError(str(exc)) from None
     return path
 
 

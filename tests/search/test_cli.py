@@ -140,6 +140,7 @@ def test_cli_single_shot(tmp_path):
     ("out-png", "ends in .png"),
     ("out-dir", "is a folder"),
     ("out-input", "would overwrite the input"),
+    ("out-file-parent", r"--out .*scores.json/o.json cannot be written: .*scores.json is a file"),
     ("max-params", "--max-params: budget 'many'"),
     ("params-ms", "--max-params: limit '5ms' is a time, but parameters and FLOPs are counted"),
     ("count", "budget '5M' is a count, but latency budgets are milliseconds"),
@@ -169,8 +170,8 @@ def test_cli_bad_input_is_one_line(tmp_path, case, match):
         Path(scores).write_text(json.dumps(data))
     budget = {"infeasible": "0.001x", "count": "5M", "twice": "0.3x:0.5x:0.1x,0.4x"}.get(case,
                                                                                        "0.5x")
-    out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path,
-           "out-input": scores}.get(case, tmp_path / "o.json")
+    out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path, "out-input": scores,
+           "out-file-parent": Path(scores) / "o.json"}.get(case, tmp_path / "o.json")
     argv = ["--lut", lut, "--scores", scores, "--budget", budget, "--out", str(out)]
     argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"], "threads": ["--threads", "0"],
              "budgets": ["--budget", "0.6x"], "max-params": ["--max-params", "many"],
