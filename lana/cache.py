@@ -53,6 +53,14 @@ class PartUsage:
         return asdict(self)
 
 
+def _base(root: str | Path | None) -> Path:
+    base = Path(root) if root is not None else cache_root()
+    if base.exists() and not base.is_dir():
+        raise CacheError(f"the cache {base} is a file, not a folder; point LANA_CACHE_DIR at a "
+                         f"folder")
+    return base
+
+
 def _files(path: Path) -> list[tuple[Path, os.stat_result]]:
     out = []
     for dirpath, _, names in os.walk(path):
@@ -68,7 +76,7 @@ def _files(path: Path) -> list[tuple[Path, os.stat_result]]:
 
 def usage(root: str | Path | None = None) -> list[PartUsage]:
     """One :class:`PartUsage` per part of the cache (empty parts included)."""
-    base = Path(root) if root is not None else cache_root()
+    base = _base(root)
     parts = []
     for name in PARTS:
         files = _files(base / name)
@@ -129,7 +137,7 @@ def prune(max_size: int | None = None, older_than: float | None = None, *,
         raise CacheError("say how much to keep: --max-size (like 5G) and/or --older-than (like 30d)")
     if max_size is not None and max_size < 0 or older_than is not None and older_than < 0:
         raise CacheError("--max-size and --older-than must not be negative")
-    base = Path(root) if root is not None else cache_root()
+    base = _base(root)
     files = sorted(((p, st) for p, st in _files(base / "onnx")  # not an export being written:
                     if p.suffix == ".onnx" and not p.name.startswith(".")),
                    key=lambda f: f[1].st_mtime, reverse=True)  # newest first
@@ -155,7 +163,7 @@ def clear(parts: tuple[str, ...] = PARTS, *, root: str | Path | None = None,
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise CacheError(f"no cache part {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
-    base = Path(root) if root is not None else cache_root()
+    base = _base(root)
     found = [f for name in parts for f in _files(base / name)]
     if not dry_run:
         for name in parts:

@@ -27,8 +27,9 @@ class ExportError(LanaError):
     """A module could not be exported to ONNX."""
 
 
-class DiskFullError(LanaError):
-    """An export had no room on its disk: a problem of the machine, not of the op."""
+class StorageError(LanaError):
+    """An export could not be stored (a full disk, a cache path that is not a folder): a problem of
+    the machine, not of the op."""
 
 
 def default_cache_dir() -> Path:
@@ -80,7 +81,11 @@ def cached_export(module: nn.Module, input_shape: Sequence[int],
     """
     module = module.eval()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot use {cache} as the ONNX export cache ({exc.strerror or exc}); "
+                           f"point LANA_CACHE_DIR (or --cache-dir) at a folder you can write") from None
     suffix = "-dyn" if dynamic_batch else ""
     target = cache / f"{content_hash(module, input_shape, opset)}{suffix}.onnx"
     if target.exists() and target.stat().st_size > 0:
@@ -115,7 +120,7 @@ def _export(module: nn.Module, input_shape: Sequence[int], target: Path, opset: 
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise DiskFullError(f"no room for the {len(data) / 1e6:.0f} MB ONNX file of "
+        raise StorageError(f"no room for the {len(data) / 1e6:.0f} MB ONNX file of "
                           f"{type(module).__name__} in {target.parent} (disk full); free space "
                           f"there (`lana cache prune`), or point TMPDIR or LANA_CACHE_DIR at a "
                           f"disk with more") from None

@@ -232,7 +232,7 @@ def _prepare(t, key: str | None, owner: dict[str, int], batch_size: int, cache_d
     try:
         path, exported = lana.export.cached_export(module, _input_shape(t, key, batch_size),
                                                    cache_dir=cache_dir)
-    except lana.export.DiskFullError:
+    except lana.export.StorageError:
         raise  # the machine's problem, not the op's: stop instead of recording every op failed
     except LanaError as exc:
         return None, f"export failed: {exc}", False

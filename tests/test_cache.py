@@ -166,3 +166,16 @@ def test_profile_says_when_the_exports_have_grown_large(root, monkeypatch, capsy
     monkeypatch.setattr(profile_command, "CACHE_HINT_BYTES", 200)
     profile_command._cache_hint()
     assert "holds 300 B; `lana cache prune --max-size 5G`" in capsys.readouterr().err
+
+
+def test_a_cache_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    import lana.export
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("LANA_CACHE_DIR", str(not_a_folder))
+    assert cli_main(["cache"]) == 2
+    assert capsys.readouterr().err == (f"error: the cache {not_a_folder} is a file, not a folder; "
+                                       "point LANA_CACHE_DIR at a folder\n")
+    with pytest.raises(lana.export.StorageError, match="cannot use .* as the ONNX export cache"):
+        export_onnx(nn.ReLU(), (1, 3, 4, 4))

@@ -89,7 +89,7 @@ def test_a_full_disk_is_the_machines_problem_not_the_ops(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lana.export, "write_bytes", full)
     module = torch.nn.Conv2d(3, 4, 3)
-    with pytest.raises(lana.export.DiskFullError, match=r"no room for the 0 MB ONNX file of Conv2d "
+    with pytest.raises(lana.export.StorageError, match=r"no room for the 0 MB ONNX file of Conv2d "
                        r"in .* \(disk full\); free space there \(`lana cache prune`\)"):
         export_onnx(module, (1, 3, 8, 8), cache_dir=tmp_path)
-    assert not isinstance(lana.export.DiskFullError("x"), lana.export.ExportError)
+    assert not isinstance(lana.export.StorageError("x"), lana.export.ExportError)

@@ -156,7 +156,7 @@ def test_a_full_disk_stops_the_profile_instead_of_failing_every_op(tmp_path, mon
 
     monkeypatch.setattr(lana.export, "write_bytes", full)
     out = tmp_path / "demo.json"
-    with pytest.raises(lana.export.DiskFullError, match="disk full"):
+    with pytest.raises(lana.export.StorageError, match="disk full"):
         profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD,
                 cache_dir=tmp_path / "empty-cache")
     assert not out.exists() or not any("failed" in e for e in Lut.load(out).entries.values())
