@@ -393,6 +393,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
         command = profile_command(device=device, teacher=teacher, pool=pool, out=out_path,
                                   batch_size=batch_size, selector=selector)
         header = _header(preset, t, pool, selector, shard_t)
+        fresh = not (out_path.exists() or journal_path(out_path).exists())
         lut = _open_lut(out_path, header, layers, seen_machine(gpu=preset.device == "cuda"), info,
                         resume=resume, force=force, command=command)
         previous_load = (lut.device.get("seen") or {}).get("load")
@@ -453,6 +454,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # building and exporting ops; backends set their own threads
         loop_start = None
+        stopped_empty = False
         try:
             prepared: dict[str | None, tuple[str | None, str | None]] = {}
             if backend_cls.accepts == "onnx" and todo:
@@ -501,6 +503,11 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
                     bar.advance(key or "skeleton")
                 if on_progress is not None:
                     on_progress(done, total, key or "skeleton")
+        except BaseException:
+            # Stopped before anything was timed (in the export phase, say): a file this call made
+            # holds nothing to resume, and would only make the same command ask for --resume.
+            stopped_empty = fresh and report.measured == 0 and report.failed == 0
+            raise
         finally:
             torch.set_num_threads(threads)
             if monitor.checks:
@@ -510,6 +517,8 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
                 record_load()
             t_write = time.perf_counter()
             writer.flush()  # on success, Ctrl-C or any error: nothing measured is lost
+            if stopped_empty:
+                out_path.unlink(missing_ok=True)
             report.write_s += time.perf_counter() - t_write
             if bar is not None:
                 bar.close()
