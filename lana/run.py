@@ -39,7 +39,7 @@ STAGES = ("profile", "pretrain", "score", "search", "verify", "select", "finetun
 # The settings each stage depends on directly ...
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "profile": ("teacher", "device", "pool", "lut", "calibrate", "repeats"),
-    "pretrain": ("teacher", "pool", "data", "seed", "pretrain_epochs", "images"),
+    "pretrain": ("teacher", "teacher_weights", "pool", "data", "seed", "pretrain_epochs", "images"),
     "score": ("score_samples",),
     "search": ("budget", "k", "overlap"),
     "verify": ("verify_rounds", "repeats"),
@@ -76,7 +76,7 @@ STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
 }
 # Settings added after run directories were first written, and their defaults: left out of a
 # stage's digest at that default, so that a directory written before them resumes where it was.
-LATER_DEFAULTS: dict[str, Any] = {"repeats": 3}
+LATER_DEFAULTS: dict[str, Any] = {"repeats": 3, "teacher_weights": None}
 # Settings that make a directory "another run": changing them needs --force.
 IDENTITY = ("teacher", "pool", "data")
 SCHEMA = "lana.run/1"
@@ -91,7 +91,8 @@ class RunError(LanaError):
 class RunConfig:
     """Everything that determines a run's artifacts."""
 
-    teacher: str = "demo"  # registry name or file.py:factory
+    teacher: str = "demo"  # registry name (`lana teachers`)
+    teacher_weights: str | None = None  # state_dict file of the trained teacher (default: shipped)
     device: str = "cpu-ort"  # device preset that measures latency
     budget: str = "0.5x"  # latency budget: ms or a fraction of the teacher ("0.5x")
     pool: str = "small"  # candidate pool: small, full or single-shot
@@ -289,17 +290,36 @@ class Pipeline:
 
             raise RunError(f"unknown pool {config.pool!r}; valid pools: {', '.join(POOLS)}")
         _check_options(config)
-        self.manifest = _prepare_dir(self.out, config, force)
         self._teacher = None
+        self._check_teacher()
+        self.manifest = _prepare_dir(self.out, config, force)
 
     # -- helpers -----------------------------------------------------------------------------
     @property
     def teacher(self):
         if self._teacher is None:
-            from lana.teachers import create_teacher
+            from lana.pretrain import open_teacher
 
-            self._teacher = create_teacher(self.config.teacher)
+            self._teacher = open_teacher(self.config.teacher, self.config.teacher_weights)
         return self._teacher
+
+    def _check_teacher(self) -> None:
+        """A teacher the run can distil from, before hours of profiling: a registry name (the
+        stage commands take user modules, which need a layer selector) with trained weights."""
+        name = self.config.teacher
+        if ":" in name and name.rpartition(":")[0].endswith(".py"):
+            raise RunError(f"lana run takes registry teachers (`lana teachers`); run a user "
+                           f"module {name} through the stage commands, which take --selector "
+                           f"and --teacher-weights (README: the pipeline, stage by stage)")
+        from lana.pretrain import PretrainError
+
+        try:
+            self.teacher
+        except PretrainError:
+            raise RunError(f"teacher {name} has no trained weights here, and distilling from "
+                           f"random ones would be meaningless; pass --teacher-weights FILE, a "
+                           f"state_dict of the trained network (`lana teachers` names the timm "
+                           f"model whose weights load into it)") from None
 
     def path(self, name: str) -> Path:
         return self.out / name
@@ -535,6 +555,8 @@ def run(teacher: str = "demo", device: str = "cpu-ort", budget: str = "0.5x", po
     if data is not None and not Path(data).exists():
         raise RunError(f"data directory {data} does not exist; pass an ImageFolder root "
                        f"(train/<class>/*, val/<class>/*) or leave --data out for the embedded digits")
+    if settings.get("teacher_weights"):  # recorded absolute: the run resumes from anywhere
+        settings["teacher_weights"] = str(Path(settings["teacher_weights"]).resolve())
     config = RunConfig(teacher=teacher, device=device, budget=budget, pool=pool,
                        data=str(Path(data).resolve()) if data else None, **settings)
     return Pipeline(config, out, force=force).run()

@@ -353,3 +353,31 @@ def test_unverified_passes_the_search_candidates_on_to_selection(finished_run, t
     assert [c.arch.ops for c in passed_on] == [c.arch.ops for c in found]
     assert doc["skipped"] and doc["measured"] == [] and not doc["fallback"]
     assert passed_on[0].arch.budget_ms == pytest.approx(found[0].arch.budget_ms)
+
+
+def test_a_teacher_without_trained_weights_is_refused_before_any_stage(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "--teacher", "efficientnet_b0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: teacher efficientnet_b0 has no trained weights here") and \
+        "--teacher-weights FILE" in err and err.count("\n") == 1
+    assert main(["run", "--teacher", f"{tmp_path}/net.py:make", "--out", str(out)]) == 2
+    assert "lana run takes registry teachers" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_teacher_weights_reach_the_teacher_and_rerun_from_pretraining(tmp_path):
+    from lana.run import Pipeline
+    from lana.teachers import WEIGHTS_DIR
+
+    shipped = WEIGHTS_DIR / "demo.pt"
+    copy = tmp_path / "mine.pt"
+    copy.write_bytes(shipped.read_bytes())
+    pipe = Pipeline(RunConfig(teacher_weights=str(copy)), tmp_path / "r")
+    assert pipe.teacher.pretrained and pipe.teacher.weights == str(copy)
+    default, mine = RunConfig(), RunConfig(teacher_weights=str(copy))
+    assert stage_digest(mine, "profile") == stage_digest(default, "profile")  # latency: no weights
+    assert all(stage_digest(mine, s) != stage_digest(default, s) for s in ("pretrain", "score"))
+    # at its default the setting leaves digests as they were before it existed
+    assert stage_digest(default, "pretrain") == default.digest(
+        tuple(n for n in STAGE_INPUTS["pretrain"] if n != "teacher_weights"))
