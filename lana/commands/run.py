@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from lana.run import run as run_pipeline
 
     summary = run_pipeline(
-        teacher=args.teacher, teacher_weights=args.teacher_weights, device=args.device, budget=args.budget, pool=args.pool,
-        data=args.data, out=args.out, force=args.force, lut=args.lut, k=args.k,
-        overlap=args.overlap, seed=args.seed, pretrain_epochs=args.pretrain_epochs,
+        teacher=args.teacher, teacher_weights=args.teacher_weights, device=args.device,
+        budget=args.budget, pool=args.pool, data=args.data, out=args.out, force=args.force,
+        lut=args.lut, k=args.k, overlap=args.overlap, seed=args.seed, pretrain_epochs=args.pretrain_epochs,
         finetune_epochs=args.finetune_epochs, images=args.images, tolerance=args.tolerance,
         calibrate=args.calibrate, verify_rounds=args.verify_rounds, repeats=args.repeats)
     if args.json:
