@@ -23,19 +23,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lana.errors import LanaError
+from profilers.system import cache_root  # noqa: F401 - one definition, shared with the native build
 
 PARTS = ("onnx", "native", "benchmarks")
 
 
 class CacheError(LanaError):
     """A cache request that cannot be carried out as given."""
-
-
-def cache_root() -> Path:
-    """``$LANA_CACHE_DIR``, else ``$XDG_CACHE_HOME/lana``, else ``~/.cache/lana``."""
-    root = os.environ.get("LANA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lana")
-    return Path(root).expanduser()
 
 
 @dataclass(frozen=True)
@@ -142,19 +136,18 @@ def prune(max_size: int | None = None, older_than: float | None = None, *,
                     if p.suffix == ".onnx" and not p.name.startswith(".")),
                    key=lambda f: f[1].st_mtime, reverse=True)  # newest first
     now = time.time() if now is None else now
-    keep, drop, kept, full = [], [], 0, False
+    drop, kept, full = [], 0, False
     for p, st in files:
         too_old = older_than is not None and now - st.st_mtime > older_than
         full = full or max_size is not None and kept + st.st_size > max_size  # and all older go
         if too_old or full:
             drop.append((p, st))
         else:
-            keep.append((p, st))
             kept += st.st_size
     if not dry_run:
         for p, _ in drop:
             p.unlink(missing_ok=True)
-    return Removed(len(drop), sum(st.st_size for _, st in drop), len(keep), kept)
+    return Removed(len(drop), sum(st.st_size for _, st in drop), len(files) - len(drop), kept)
 
 
 def clear(parts: tuple[str, ...] = PARTS, *, root: str | Path | None = None,

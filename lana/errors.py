@@ -36,26 +36,27 @@ def read_json_file(path: str | Path, error: type[LanaError], what: str, *, missi
                     f"{invalid}") from None
 
 
-def check_output_file(path: str | Path, option: str, example: str) -> Path:
+def check_output_file(path: str | Path, option: str, example: str,
+                      error: type[LanaError] = LanaError) -> Path:
     """``path`` as a file a command will write when its work is done, refused before the work when
-    it names a folder or a place that cannot be written (one line naming ``option``, with
-    ``example`` as a file name that would do)."""
+    it names a folder or a place that cannot be written (``error`` with one line naming ``option``,
+    and ``example`` as a file name that would do)."""
     import tempfile
 
     text = str(path)
     p = Path(text)
     if text.endswith(("/", "\\")) or p.is_dir():
-        raise LanaError(f"{option} {text} is a folder; name the file, e.g. {p / example}")
+        raise error(f"{option} {text} is a folder; name the file, e.g. {p / example}")
     parent = p.parent
     while not parent.exists() and parent != parent.parent:  # the rest is created when written
         parent = parent.parent
     if not parent.is_dir():
-        raise LanaError(f"{option} {text} cannot be written: {parent} is a file, not a folder; "
+        raise error(f"{option} {text} cannot be written: {parent} is a file, not a folder; "
                         f"choose another path")
     try:  # a probe, not os.access: that says yes to root on /proc and to some network mounts
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".lana-probe-"):
             pass
     except OSError as exc:
-        raise LanaError(f"{option} {text} cannot be written ({exc.strerror or exc} in {parent}); "
+        raise error(f"{option} {text} cannot be written ({exc.strerror or exc} in {parent}); "
                         f"choose another path") from None
     return p

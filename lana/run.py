@@ -306,13 +306,14 @@ class Pipeline:
     def _check_teacher(self) -> None:
         """A teacher the run can distil from, before hours of profiling: a registry name (the
         stage commands take user modules, which need a layer selector) with trained weights."""
+        from lana.pretrain import PretrainError
+        from lana.teachers import is_user_module
+
         name = self.config.teacher
-        if ":" in name and name.rpartition(":")[0].endswith(".py"):
+        if is_user_module(name):
             raise RunError(f"lana run takes registry teachers (`lana teachers`); run a user "
                            f"module {name} through the stage commands, which take --selector "
                            f"and --teacher-weights (README: the pipeline, stage by stage)")
-        from lana.pretrain import PretrainError
-
         try:
             self.teacher
         except PretrainError:
@@ -499,8 +500,7 @@ class Pipeline:
             res = verify(self.path("search.json"), self.path("lut.json"), c.device, c.budget,
                          scores=self.path("scores.json"), out=self.path("verify.json"), k=c.k,
                          overlap=c.overlap, rounds=c.verify_rounds, repeats=c.repeats,
-                         progress=progress,
-                         log=self.console.print)
+                         progress=progress, log=self.console.print)
         self.console.print(f"{len(res['architectures'])} of {len(res['measured'])} measured "
                            f"candidates go to selection"
                            + (" (none met the budget: the fastest)" if res["fallback"] else ""))

@@ -73,9 +73,9 @@ def default_build_dir() -> Path:
         return Path(os.environ["LANA_NATIVE_BUILD_DIR"]).expanduser().resolve()
     import torch
 
-    cache = os.environ.get("LANA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lana")
-    return (Path(cache).expanduser() / "native" / torch.__version__).resolve()
+    from profilers.system import cache_root
+
+    return (cache_root() / "native" / torch.__version__).resolve()
 
 
 def _find_tools() -> tuple[str, str]:

@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "tensorrt", "pycuda")
+
+
+def cache_root() -> Path:
+    """Where lana keeps what it can make again (exports, the native build, benchmark LUTs):
+    ``$LANA_CACHE_DIR``, else ``$XDG_CACHE_HOME/lana``, else ``~/.cache/lana``."""
+    root = os.environ.get("LANA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lana")
+    return Path(root).expanduser()
 _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
 

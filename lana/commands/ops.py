@@ -73,9 +73,10 @@ def _print_tables(teacher_name: str, listing: dict, only: list[int] | None) -> N
 
     from lana.pool import op_stats
     from lana.spec import parse_key
-    from lana.teachers import create_teacher
+    from lana.teachers import create_teacher, is_user_module
 
-    teacher = create_teacher(teacher_name, pretrained=False) if ":" not in teacher_name else None
+    teacher = (None if is_user_module(teacher_name)
+               else create_teacher(teacher_name, pretrained=False))
     console = Console()
     stats: dict[str, tuple[int, int]] = {}
     for i, layer in enumerate(listing["layers"]):

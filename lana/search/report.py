@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from lana.errors import LanaError
+from lana.errors import check_output_file
 from lana.search.budget import Budget, check_unit, parse_budgets
 from lana.search.errors import SearchError
 from lana.search.files import add_model_tables, arch_dict, load_table
@@ -85,7 +85,6 @@ def search_files(*, luts: Sequence[str], scores: str, budgets: Sequence[str], ou
     from lana.atomic import write_text
 
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         write_text(out_path, json.dumps(report, indent=1) + "\n")
     except OSError as exc:
         raise SearchError(f"cannot write {out_path}: {exc.strerror or exc}; choose a writable "
@@ -108,18 +107,10 @@ def _report_path(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
         if Path(given).resolve() in written:
             raise SearchError(f"--out {text} would overwrite the input {given} (with the report or "
                               f"its plot); write the report elsewhere, e.g. search.json")
-    if text.endswith(("/", "\\")) or path.is_dir():
-        raise SearchError(f"--out {text} is a folder; name the report file, e.g. "
-                          f"{path / 'search.json'} (the plot goes beside it as search.png)")
+    check_output_file(path, "--out", "search.json", SearchError)  # before the solves, not after
     if path.suffix.lower() == ".png":
         raise SearchError(f"--out {text} ends in .png, the name of the plot written beside the "
                           f"report; name the report {path.with_suffix('.json')}")
-    from lana.errors import check_output_file
-
-    try:
-        check_output_file(path, "--out", "search.json")  # before the solves, not after
-    except LanaError as exc:
-        raise SearchError(str(exc)) from None
     return path
 
 

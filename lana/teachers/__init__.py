@@ -207,6 +207,11 @@ def load_weights(model, path: str | Path, name: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def is_user_module(name: str) -> bool:
+    """Whether ``name`` is ``path/to/file.py:factory`` rather than a registered teacher."""
+    return ":" in name and name.rpartition(":")[0].endswith(".py")
+
+
 def create_teacher(name: str, *, selector: str | None = None,
                    weights: str | Path | None = None, pretrained: bool = True,
                    input_shape: Shape | str | None = None) -> Teacher:
@@ -222,7 +227,7 @@ def create_teacher(name: str, *, selector: str | None = None,
     """
     entry = None
     description, timm_name = "", None
-    if ":" in name and name.rpartition(":")[0].endswith(".py"):
+    if is_user_module(name):
         factory, _ = _load_factory_file(name)
         try:
             model = factory()
@@ -266,10 +271,10 @@ def create_teacher(name: str, *, selector: str | None = None,
 
 
 __all__ = ["Layer", "SelectorError", "ShapeAdapter", "Teacher", "TeacherEntry", "TeacherInfo",
-           "TraceError", "WeightsError", "create_teacher", "get_entry", "layer_signature",
-           "list_teacher_names", "list_teachers", "load_weights", "module_tree", "parse_shape",
-           "read_state_dict", "register_teacher", "select_modules", "selector_matches",
-           "set_submodule", "trace_layers"]
+           "TraceError", "WeightsError", "create_teacher", "get_entry", "is_user_module",
+           "layer_signature", "list_teacher_names", "list_teachers", "load_weights", "module_tree",
+           "parse_shape", "read_state_dict", "register_teacher", "select_modules",
+           "selector_matches", "set_submodule", "trace_layers"]
 
 # Built-in teachers register themselves on import (after the registry above exists).
 from lana.teachers import demo, efficientnet, efficientnet_v2, resnest  # noqa: E402,F401
