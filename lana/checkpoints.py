@@ -38,8 +38,6 @@ def _tensor_digest(state: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], **meta: Any) -> None:
     """Write atomically (temp file + rename): an interrupted write never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
                "digest": _tensor_digest(state_dict), "meta": meta}
     buf = io.BytesIO()

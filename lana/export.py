@@ -98,7 +98,6 @@ def cached_export(module: nn.Module, input_shape: Sequence[int],
 
 def _export(module: nn.Module, input_shape: Sequence[int], target: Path, opset: int,
             dynamic_batch: bool) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(*input_shape)
     buffer = io.BytesIO()
     try:
@@ -121,9 +120,9 @@ def _export(module: nn.Module, input_shape: Sequence[int], target: Path, opset: 
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise StorageError(f"no room for the {len(data) / 1e6:.0f} MB ONNX file of "
-                          f"{type(module).__name__} in {target.parent} (disk full); free space "
-                          f"there (`lana cache prune`), or point TMPDIR or LANA_CACHE_DIR at a "
-                          f"disk with more") from None
+                           f"{type(module).__name__} in {target.parent} (disk full); free space "
+                           f"there (`lana cache prune`), or point TMPDIR or LANA_CACHE_DIR at a "
+                           f"disk with more") from None
     return target
 
 
