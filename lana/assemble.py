@@ -495,6 +495,11 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
     if pretrain_dir is not None and not Path(pretrain_dir).is_dir():
         raise ArchError(f"pretrain directory {pretrain_dir} does not exist; pass the --out "
                         f"directory of lana pretrain, or leave --pretrain out for random weights")
+    from lana.pretrain import recorded_header
+    from lana.teachers import recorded_layout
+
+    selector, input_shape = recorded_layout(arch.teacher, recorded_header(pretrain_dir), selector,
+                                            input_shape)
     t = open_teacher(arch.teacher, selector=selector, input_shape=input_shape,
                      weights=teacher_weights)
     check_arch(arch, t)

@@ -49,6 +49,10 @@ class CalibrationError(LanaError):
     """Calibration that cannot run as asked (too few samples, a LUT without layers)."""
 
 
+class TooFewArchitectures(CalibrationError):
+    """The pool holds fewer distinct architectures than a calibration needs."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Applying a calibration
 
@@ -102,6 +106,7 @@ class Fit:
     slope: float
     family_ms: Mapping[str, float] = field(default_factory=dict)  # ms per op of a family
     cv_error: float = math.nan  # cross-validated mean |relative error| on the fitting set
+    excluded: tuple[str, ...] = ()  # better-scoring models that predict no time for some network
 
     @property
     def n_params(self) -> int:
@@ -206,14 +211,19 @@ def fit_model(name: str, raw_ms: Sequence[float], measured_ms: Sequence[float],
 def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
                     keys: Sequence[Sequence[str]] | None = None, *,
                     candidates: Sequence[str] = FIT_NAMES, folds: int = 5, seed: int = 0,
-                    allow_family_terms: bool = True) -> tuple[Fit, dict[str, float]]:
+                    allow_family_terms: bool = True,
+                    cheapest: tuple[float, Sequence[str]] | None = None
+                    ) -> tuple[Fit, dict[str, float]]:
     """Fit every candidate model, pick by cross-validated error; returns (best, {name: cv error}).
 
     The error is the mean |predicted - measured| / measured over :data:`CV_REPEATS` shuffles of
     K folds of the given points, all of them: a model whose errors gather at the ends of the
     latency range (an offset alone where the slope is not 1) must not hide them.  The ``families``
-    model must beat the best affine one by :data:`EARN_KEEP` (relative) to be chosen.  ``keys`` (each network's op keys) enable the
-    ``families`` model; ``allow_family_terms=False`` still scores it but never picks it.
+    model must beat the best affine one by :data:`EARN_KEEP` (relative) to be chosen.  ``keys``
+    (each network's op keys) enable the ``families`` model; ``allow_family_terms=False`` still
+    scores it but never picks it.  ``cheapest`` (the raw LUT sum and op keys of the cheapest
+    network the search may pick) rules out a model that predicts it takes no time at all: a
+    negative offset fitted on networks far from it, extrapolated (``none`` always qualifies).
     """
     import numpy as np
 
@@ -261,14 +271,24 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
                     pred = pred + counts[test] @ np.array([fit.family_ms[f_] for f_ in families])
                 errors += list(np.abs(pred - y[test]) / y[test])
         cv[name] = float(np.mean(errors)) if errors else math.inf
-    simple = [c for c in names if c in ("none", "offset", "ols", "relative", "huber")]
-    best_simple = min(simple, key=lambda c: cv[c]) if simple else names[0]
+
+    def sane(name: str) -> bool:
+        if cheapest is None or name == "none":
+            return True
+        return _fit_one(name, raw, y, counts, families).predict(*cheapest) > 0
+
+    simple = [c for c in names if c in ("none", "offset", "ols", "relative", "huber")
+              and sane(c)] or ["none"]
+    best_simple = min(simple, key=lambda c: cv.get(c, math.inf))
     best = best_simple
     if ("families" in cv and allow_family_terms
-            and cv["families"] < cv[best_simple] * (1 - EARN_KEEP)):
+            and cv["families"] < cv.get(best_simple, math.inf) * (1 - EARN_KEEP)
+            and sane("families")):
         best = "families"
     fit = _fit_one(best, raw, y, counts, families)
-    return Fit(fit.name, fit.offset_ms, fit.slope, fit.family_ms, cv[best]), cv
+    excluded = tuple(c for c in names if not sane(c) and cv[c] < cv.get(best, math.inf))
+    return Fit(fit.name, fit.offset_ms, fit.slope, fit.family_ms, cv.get(best, math.nan),
+               excluded), cv
 
 
 def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -426,12 +446,13 @@ def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset"
     from lana.assemble import Architecture, build_student, teacher_architecture
     from lana.export import export_onnx
     from lana.ops import deploy
-    from lana.teachers import create_teacher
+    from lana.teachers import create_teacher, recorded_layout
     from lana.validate import NetworkSession, check_lut_layers, lut_backend_config, lut_protocol
     from profilers import get_backend
 
+    selector, input_shape = recorded_layout(lut.teacher, lut.data, selector)
     teacher = create_teacher(lut.teacher, selector=selector or lut.data.get("selector"),
-                             pretrained=False)
+                             input_shape=input_shape, pretrained=False)
     check_lut_layers(lut, teacher)
     config = lut_backend_config(lut, preset)
     protocol = protocol or lut_protocol(lut)
@@ -597,10 +618,12 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     keys = None
     if pool is not None:
         from lana.pool import build_pool
-        from lana.teachers import create_teacher
+        from lana.teachers import create_teacher, recorded_layout
 
+        selector, input_shape = recorded_layout(lut.teacher, lut.data)
         try:
-            layers = build_pool(create_teacher(lut.teacher, pretrained=False), pool)
+            layers = build_pool(create_teacher(lut.teacher, selector=selector,
+                                               input_shape=input_shape, pretrained=False), pool)
         except LanaError:
             raise
         except Exception as exc:
@@ -609,8 +632,8 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
         keys = [lp.keys for lp in layers]
     archs = sample_architectures(lut, samples, seed=seed, pool=keys)
     if len(archs) < 6:
-        raise CalibrationError(f"the LUT's pool has only {len(archs)} distinct architectures; "
-                               f"calibration needs 6 or more")
+        raise TooFewArchitectures(f"the LUT's pool has only {len(archs)} distinct "
+                                  f"architectures; calibration needs 6 or more")
     held = split_held_out(len(archs), holdout)  # refuses a bad --holdout before measuring
     raws = [lut.predict_raw(ops) for ops in archs]
     check_statistic(statistic)
@@ -621,6 +644,8 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
                            progress=progress)
     supported = lut_applies_family_terms()
     order = sorted(range(len(archs)), key=lambda j: raws[j])
+    cheapest_ops = [min(ops, key=lut.latency) for ops in layer_choices(lut, keys)]
+    cheapest = (lut.predict_raw(cheapest_ops), cheapest_ops)
 
     def evaluate(reduce_by: str, drift: bool):
         measured = combine_repeats(runs, reduce_by, drift)
@@ -630,7 +655,7 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
         train = [p for p in points if not p.held_out]
         fit, cv = fit_calibration([p.raw_ms for p in train], [p.measured_ms for p in train],
                                   [p.ops for p in train], candidates=candidates, seed=seed,
-                                  allow_family_terms=supported)
+                                  allow_family_terms=supported, cheapest=cheapest)
         return points, train, [p for p in points if p.held_out], fit, cv
 
     def stats(points: Sequence[Point], f: Callable[[Point], float]) -> dict[str, float]:
@@ -650,8 +675,8 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     after = stats(test, lambda p: fit.predict(p.raw_ms, p.ops))
     calibration = {
         **fit.to_calibration(), "model": fit.name, "cv_error": fit.cv_error,
-        "cv_errors": cv, "n_fit": len(train), "n_held_out": len(test), "repeats": repeats,
-        "pool": pool,
+        "cv_errors": cv, "excluded": list(fit.excluded), "n_fit": len(train),
+        "n_held_out": len(test), "repeats": repeats, "pool": pool,
         "drift_correction": drift_correction, "statistic": statistic,
         "held_out": {"before": before, "after": after},
         "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -691,6 +716,6 @@ def plot_report(report: CalibrationReport, path: str | Path) -> Path:
 
 
 __all__ = ["AFFINE_FITS", "CalibrationError", "CalibrationReport", "EARN_KEEP", "FIT_NAMES", "Fit",
-           "Point", "apply_calibration", "calibrate", "error_stats", "fit_calibration", "fit_model",
-           "layer_choices", "lut_applies_family_terms", "measure_architectures", "plot_report",
-           "sample_architectures", "split_held_out"]
+           "Point", "TooFewArchitectures", "apply_calibration", "calibrate", "error_stats",
+           "fit_calibration", "fit_model", "layer_choices", "lut_applies_family_terms",
+           "measure_architectures", "plot_report", "sample_architectures", "split_held_out"]

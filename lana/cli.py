@@ -95,6 +95,15 @@ def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def layer_arguments(p: argparse.ArgumentParser, recorded: str = "") -> None:
+    """``--selector`` and ``--input-shape``: how a user module's layers and input are found."""
+    first = f"the one {recorded} recorded, else " if recorded else ""
+    p.add_argument("--selector", help="glob over module names picking the layers of a user "
+                   f"module (path/file.py:factory; default: {first}model.lana_selector)")
+    p.add_argument("--input-shape", metavar="C,H,W",
+                   help=f"input of a user module (default: {first}model.input_shape)")
+
+
 def whole(minimum: int):
     """An argparse type: a whole number >= ``minimum`` (refused at parse time, before any work)."""
     def parse(text: str) -> int:

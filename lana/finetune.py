@@ -111,11 +111,13 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
              weight_decay: float = DEFAULT_WEIGHT_DECAY,
              temperature: float = DEFAULT_TEMPERATURE, kd_weight: float = DEFAULT_KD_WEIGHT,
              images: int | None = None, device: str | None = None, seed: int = 0,
-             teacher_weights: str | Path | None = None, progress: bool = True) -> dict:
+             teacher_weights: str | Path | None = None, selector: str | None = None,
+             input_shape: Any = None, progress: bool = True) -> dict:
     """Fine-tune ``arch`` (see the module docstring); returns the metrics written.
 
     ``pretrain`` None starts every replaced op from its random initialisation (the
-    no-pretraining baseline); ``images`` caps the training images (quick runs).
+    no-pretraining baseline); ``images`` caps the training images (quick runs).  A user
+    module's ``selector`` and ``input_shape`` default to those ``pretrain`` recorded.
     """
     from lana.assemble import check_arch, save_student
     from lana.pretrain import load_splits, open_teacher, read_manifest, teacher_digest
@@ -137,7 +139,8 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
     info = setup(device)
     try:
         t = open_teacher(teacher if teacher is not None and not isinstance(teacher, str)
-                         else a.teacher, teacher_weights)
+                         else a.teacher, teacher_weights, selector=selector,
+                         input_shape=input_shape, pretrain=pretrain)
         check_arch(a, t)
         pool = a.pool or None
         if pretrain is not None:

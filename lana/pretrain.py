@@ -14,7 +14,8 @@ identity have nothing to learn; every other op gets one checkpoint, written with
 ``<out>/pretrain.json`` summarises the run::
 
     {"schema": "lana.pretrain/1", "teacher": T, "pool": P, "teacher_digest": sha256 of the
-     teacher's weights, "input_shape": [C, H, W], "epochs": E, "complete": bool,
+     teacher's weights, "selector": the layer glob, "input_shape": [C, H, W], "epochs": E,
+     "complete": bool,
      "layers": [{"index": i, "name": layer name,
                  "ops": {op_key: {"status": "teacher" | "no-weights" | "trained" | "pending",
                                   "file": path relative to out, "val_mse": MSE on held-out images,
@@ -75,13 +76,33 @@ class PretrainError(LanaError):
 # Teacher and data, shared by every training stage
 
 
-def open_teacher(teacher: "str | Teacher", weights: str | Path | None = None) -> "Teacher":
-    """A :class:`~lana.teachers.Teacher` from a name (shipped weights) or as given."""
-    from lana.teachers import Teacher, create_teacher
+def recorded_header(pretrain: str | Path | None) -> dict | None:
+    """The manifest of the pretraining in ``pretrain`` as written, or None (none or unreadable:
+    :func:`read_manifest` reports why where it matters)."""
+    path = Path(pretrain) / MANIFEST if pretrain is not None else None
+    if path is None or not path.is_file():
+        return None
+    with contextlib.suppress(ValueError, OSError):
+        record = json.loads(path.read_text())
+        return record if isinstance(record, dict) else None
+    return None
+
+
+def open_teacher(teacher: "str | Teacher", weights: str | Path | None = None, *,
+                 selector: str | None = None, input_shape: Any = None,
+                 pretrain: str | Path | None = None) -> "Teacher":
+    """A :class:`~lana.teachers.Teacher` from a name (shipped weights) or as given.
+
+    A user module's ``selector`` and ``input_shape`` default to those ``pretrain`` (a directory
+    written by :func:`pretrain`) recorded.
+    """
+    from lana.teachers import Teacher, create_teacher, recorded_layout
 
     if isinstance(teacher, Teacher):
         return teacher
-    t = create_teacher(str(teacher), weights=weights)
+    selector, input_shape = recorded_layout(str(teacher), recorded_header(pretrain), selector,
+                                            input_shape)
+    t = create_teacher(str(teacher), weights=weights, selector=selector, input_shape=input_shape)
     if not t.pretrained:
         raise PretrainError(f"teacher {teacher} has no trained weights; pass a weights file "
                             f"(weights=... / --teacher-weights) or train it with "
@@ -261,6 +282,11 @@ def read_manifest(pretrain_dir: str | Path, teacher: "Teacher | None" = None,
             raise PretrainError(f"{pretrain_dir} holds ops distilled from teacher "
                                 f"{manifest.get('teacher')!r}, not {teacher.name!r}; pass the "
                                 f"matching --teacher or --pretrain directory")
+        if manifest.get("selector") not in (None, teacher.selector):
+            raise PretrainError(f"{pretrain_dir} holds ops of the layers selected by "
+                                f"{manifest.get('selector')!r}, not {teacher.selector!r}; pass "
+                                f"--selector {manifest.get('selector')!r} or re-run lana pretrain "
+                                f"with a fresh --out")
         if manifest.get("teacher_digest") not in (None, teacher_digest(teacher)):
             raise PretrainError(f"{pretrain_dir} was distilled from other weights of teacher "
                                 f"{teacher.name}; re-run lana pretrain with a fresh --out")
@@ -468,12 +494,15 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
              weight_decay: float = DEFAULT_WEIGHT_DECAY, images: int | None = None,
              eval_images: int = DEFAULT_EVAL_IMAGES, measure_init: bool = False,
              device: str | None = None, seed: int = 0, layers: Sequence[int] | None = None,
-             teacher_weights: str | Path | None = None, progress: bool = True) -> dict:
+             teacher_weights: str | Path | None = None, selector: str | None = None,
+             input_shape: Any = None, progress: bool = True) -> dict:
     """Distil every candidate op of ``pool`` from ``teacher`` and write ``out`` (see module doc).
 
     ``images`` caps the training images (a quick run), ``layers`` restricts the layers trained,
     ``ops_per_pass`` bounds how many ops per layer train in one pass (memory; default all),
-    ``measure_init`` also records each op's held-out MSE before training.  Returns the manifest.
+    ``measure_init`` also records each op's held-out MSE before training.  ``selector`` and
+    ``input_shape`` are a user module's (on resume, by default, those recorded).  Returns the
+    manifest.
     """
     if epochs < 1:
         raise PretrainError(f"--epochs must be at least 1, got {epochs}")
@@ -489,7 +518,8 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
         raise PretrainError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
     info = setup(device)
     try:
-        t = open_teacher(teacher, teacher_weights)
+        t = open_teacher(teacher, teacher_weights, selector=selector, input_shape=input_shape,
+                         pretrain=out)
         place_module(t.model, info.device).eval()
         out = Path(out)
         digest = teacher_digest(t)
@@ -497,11 +527,11 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
         if manifest_path.is_file():
             old = read_manifest(out)
             if old.get("teacher") != t.name or old.get("pool") != pool or old.get(
-                    "teacher_digest") != digest:
+                    "teacher_digest") != digest or old.get("selector") not in (None, t.selector):
                 raise PretrainError(
                     f"{out} holds a pretraining of teacher {old.get('teacher')!r} (pool "
-                    f"{old.get('pool')!r}, weights {old.get('teacher_digest')}); pass a fresh "
-                    f"--out")
+                    f"{old.get('pool')!r}, layers {old.get('selector')!r}, weights "
+                    f"{old.get('teacher_digest')}); pass a fresh --out")
             if not resume:
                 raise PretrainError(f"{out} already holds a pretraining; pass --resume to "
                                     f"continue it or a fresh --out to start over")
@@ -549,8 +579,8 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
                     todo.append(WorkItem(i, spec))
 
         base = {"schema": SCHEMA, "teacher": t.name, "pool": pool, "teacher_digest": digest,
-                "input_shape": list(t.input_shape), "data": splits.source, "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "images": len(train),
+                "selector": t.selector, "input_shape": list(t.input_shape), "data": splits.source,
+                "epochs": epochs, "batch_size": batch_size, "lr": lr, "images": len(train),
                 "ops_per_pass": ops_per_pass, "world_size": info.world_size}
         barrier(info)  # every rank has checked the directory before rank 0 writes to it
         if info.is_main:
@@ -633,4 +663,4 @@ def _manifest(base: dict, pools: list, status: dict, *, complete: bool) -> dict:
 __all__ = ["DEFAULT_EPOCHS", "LayerTaps", "MANIFEST", "PretrainError", "SCHEMA", "Splits",
            "WorkItem", "build_op", "evaluate_mse", "load_op", "load_splits", "needs_training",
            "op_seed", "open_teacher", "pretrain", "read_manifest", "read_op_checkpoint",
-           "teacher_digest", "train_ops"]
+           "recorded_header", "teacher_digest", "train_ops"]

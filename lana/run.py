@@ -18,7 +18,9 @@ Stages, each writing its artifact into the run directory::
 ``run.json`` records the settings and which stages finished.  Re-running skips finished stages and
 resumes an interrupted one.  Changing a setting re-runs only the stages that depend on it (a new
 budget, device or LUT re-runs the search onwards and keeps the pretrained ops and their scores); a
-directory holding another teacher's, pool's or data's run is refused unless ``force``.
+directory holding another teacher's, layer selector's, pool's or data's run is refused unless
+``force``.  The teacher is a registry name or a user module (``path/to/file.py:factory`` with its
+trained weights, a layer selector and, without ``model.input_shape``, an input shape).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ STAGES = ("profile", "pretrain", "score", "search", "verify", "select", "finetun
           "report")
 # The settings each stage depends on directly ...
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "profile": ("teacher", "device", "pool", "lut", "calibrate", "repeats"),
-    "pretrain": ("teacher", "teacher_weights", "pool", "data", "seed", "pretrain_epochs", "images"),
+    "profile": ("teacher", "selector", "input_shape", "device", "pool", "lut", "calibrate",
+                "repeats"),
+    "pretrain": ("teacher", "selector", "input_shape", "teacher_weights", "pool", "data", "seed",
+                 "pretrain_epochs", "images"),
     "score": ("score_samples",),
     "search": ("budget", "k", "overlap"),
     "verify": ("verify_rounds", "repeats"),
@@ -76,9 +80,10 @@ STAGE_ARTIFACTS: dict[str, tuple[str, ...]] = {
 }
 # Settings added after run directories were first written, and their defaults: left out of a
 # stage's digest at that default, so that a directory written before them resumes where it was.
-LATER_DEFAULTS: dict[str, Any] = {"repeats": 3, "teacher_weights": None}
+LATER_DEFAULTS: dict[str, Any] = {"repeats": 3, "teacher_weights": None, "selector": None,
+                                  "input_shape": None}
 # Settings that make a directory "another run": changing them needs --force.
-IDENTITY = ("teacher", "pool", "data")
+IDENTITY = ("teacher", "selector", "pool", "data")
 SCHEMA = "lana.run/1"
 REPO_LUTS = Path(__file__).resolve().parent.parent / "luts"
 
@@ -91,8 +96,10 @@ class RunError(LanaError):
 class RunConfig:
     """Everything that determines a run's artifacts."""
 
-    teacher: str = "demo"  # registry name (`lana teachers`)
+    teacher: str = "demo"  # registry name (`lana teachers`) or /abs/path/file.py:factory
     teacher_weights: str | None = None  # state_dict file of the trained teacher (default: shipped)
+    selector: str | None = None  # a user module's layer glob (default: model.lana_selector)
+    input_shape: str | None = None  # "C,H,W" of a user module (default: model.input_shape)
     device: str = "cpu-ort"  # device preset that measures latency
     budget: str = "0.5x"  # latency budget: ms or a fraction of the teacher ("0.5x")
     pool: str = "small"  # candidate pool: small, full or single-shot
@@ -220,8 +227,11 @@ def shipped_lut(teacher: str, device: str, pool: str) -> Path | None:
     """A LUT under ``luts/`` for this teacher and device that covers the pool, is not stale, and
     was measured on the CPU/GPU model this machine has; None when there is none."""
     from lana.lut import Lut
+    from lana.teachers import is_user_module
     from profilers.system import cpu_model, gpu_info
 
+    if is_user_module(teacher):
+        return None
     candidates = [REPO_LUTS / device / f"{teacher}.json", REPO_LUTS / device / f"{teacher}-{pool}.json"]
     here = {"cpu": cpu_model(), "gpu": gpu_info().get("gpu")}
     for path in candidates:
@@ -300,27 +310,26 @@ class Pipeline:
         if self._teacher is None:
             from lana.pretrain import open_teacher
 
-            self._teacher = open_teacher(self.config.teacher, self.config.teacher_weights)
+            c = self.config
+            self._teacher = open_teacher(c.teacher, c.teacher_weights, selector=c.selector,
+                                         input_shape=c.input_shape)
         return self._teacher
 
     def _check_teacher(self) -> None:
-        """A teacher the run can distil from, before hours of profiling: a registry name (the
-        stage commands take user modules, which need a layer selector) with trained weights."""
+        """A teacher the run can distil from, before hours of profiling: one that builds, whose
+        layers its selector finds, with trained weights."""
         from lana.pretrain import PretrainError
         from lana.teachers import is_user_module
 
         name = self.config.teacher
-        if is_user_module(name):
-            raise RunError(f"lana run takes registry teachers (`lana teachers`); run a user "
-                           f"module {name} through the stage commands, which take --selector "
-                           f"and --teacher-weights (README: the pipeline, stage by stage)")
         try:
             self.teacher
         except PretrainError:
+            where = ("" if is_user_module(name) else " (`lana teachers` names the timm model "
+                     "whose weights load into it)")
             raise RunError(f"teacher {name} has no trained weights here, and distilling from "
                            f"random ones would be meaningless; pass --teacher-weights FILE, a "
-                           f"state_dict of the trained network (`lana teachers` names the timm "
-                           f"model whose weights load into it)") from None
+                           f"state_dict of the trained network{where}") from None
 
     def path(self, name: str) -> Path:
         return self.out / name
@@ -392,7 +401,7 @@ class Pipeline:
             from lana.profile import profile
 
             profile(c.device, c.teacher, pool=c.pool, out=target, resume=target.exists(),
-                    progress=True)
+                    progress=True, selector=c.selector, input_shape=c.input_shape)
             source = "profiled"
         return {"source": source, **self._calibrate(target)}
 
@@ -416,14 +425,20 @@ class Pipeline:
             self.console.print(f"LUT calibration for the {c.pool} pool: {existing.get('model')}, "
                                f"held-out error {_held_out_text(existing)}")
             return {"calibration": "kept"}
-        from lana.calibrate import AFFINE_FITS, calibrate
+        from lana.calibrate import AFFINE_FITS, TooFewArchitectures, calibrate
 
         samples = max(6, c.calibrate)  # a third is held out to report on
         with self.console.status(f"calibrating the LUT: {samples} architectures of the "
                                  f"{c.pool} pool measured end to end"):
-            # Affine fits only: the search exploits per-family terms (see AFFINE_FITS).
-            rep = calibrate(target, c.device, teacher=c.teacher, samples=samples, seed=c.seed,
-                            pool=c.pool, candidates=AFFINE_FITS, repeats=c.repeats)
+            try:
+                # Affine fits only: the search exploits per-family terms (see AFFINE_FITS).
+                rep = calibrate(target, c.device, teacher=c.teacher, samples=samples,
+                                seed=c.seed, pool=c.pool, candidates=AFFINE_FITS,
+                                repeats=c.repeats)
+            except TooFewArchitectures as exc:
+                self.console.print(f"[yellow]not calibrated: {exc}; the search uses the LUT "
+                                   f"sum[/]")
+                return {"calibration": "too few architectures"}
         held = {"held_out": {"before": rep.before, "after": rep.after}}
         self.console.print(f"calibrated the LUT ({rep.fit.name}) on {samples} architectures: "
                            f"held-out error {_held_out_text(held)}")
@@ -555,8 +570,15 @@ def run(teacher: str = "demo", device: str = "cpu-ort", budget: str = "0.5x", po
     if data is not None and not Path(data).exists():
         raise RunError(f"data directory {data} does not exist; pass an ImageFolder root "
                        f"(train/<class>/*, val/<class>/*) or leave --data out for the embedded digits")
+    from lana.teachers import is_user_module, parse_shape
+
     if settings.get("teacher_weights"):  # recorded absolute: the run resumes from anywhere
         settings["teacher_weights"] = str(Path(settings["teacher_weights"]).resolve())
+    if is_user_module(teacher):  # the same, and the name every artifact of the run records
+        path, _, factory = teacher.rpartition(":")
+        teacher = f"{Path(path).expanduser().resolve()}:{factory}"
+    if settings.get("input_shape") is not None:
+        settings["input_shape"] = ",".join(map(str, parse_shape(settings["input_shape"])))
     config = RunConfig(teacher=teacher, device=device, budget=budget, pool=pool,
                        data=str(Path(data).resolve()) if data else None, **settings)
     return Pipeline(config, out, force=force).run()

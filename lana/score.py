@@ -135,10 +135,11 @@ def score(pretrain: str | Path | None, teacher: "str | Teacher", pool: str = "sm
           samples: int = DEFAULT_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE,
           device: str | None = None, seed: int = 0, method: str = "reuse",
           layers: Sequence[int] | None = None, teacher_weights: str | Path | None = None,
-          progress: bool = True) -> dict:
+          selector: str | None = None, input_shape: Any = None, progress: bool = True) -> dict:
     """Score every op of ``pool`` distilled in ``pretrain``; write and return the scores file.
 
     ``pretrain`` may be None only for a pool whose ops have nothing to distil (single-shot).
+    A user module's ``selector`` and ``input_shape`` default to those ``pretrain`` recorded.
     ``layers`` scores only those layer indices (an analysis; such a partial result has only those
     layers and cannot be written as a scores file).
     """
@@ -157,7 +158,8 @@ def score(pretrain: str | Path | None, teacher: "str | Teacher", pool: str = "sm
         raise ScoreError("a scoring of some layers only cannot be written as a scores file; "
                          "score all layers or pass out=None")
     dev = resolve_device(device)
-    t = open_teacher(teacher, teacher_weights)
+    t = open_teacher(teacher, teacher_weights, selector=selector, input_shape=input_shape,
+                     pretrain=pretrain)
     place_module(t.model, dev).eval()
     pools = build_pool(t, pool)
     if pretrain is not None:

@@ -269,8 +269,12 @@ def select(search: str | Path, pretrain: str | Path | None, teacher: "str | Teac
            data: Any = None, out: str | Path | None = "run/select.json", *,
            budget: str | float | None = None, images: int = DEFAULT_IMAGES,
            batch_size: int = DEFAULT_BATCH_SIZE, device: str | None = None, seed: int = 0,
-           teacher_weights: str | Path | None = None, progress: bool = True) -> dict:
-    """Rank the search result's architectures by measured loss; write and return the winner."""
+           teacher_weights: str | Path | None = None, selector: str | None = None,
+           input_shape: Any = None, progress: bool = True) -> dict:
+    """Rank the search result's architectures by measured loss; write and return the winner.
+
+    A user module's ``selector`` and ``input_shape`` default to those ``pretrain`` recorded.
+    """
     from lana.pretrain import load_splits, open_teacher, read_manifest
 
     cands = read_architectures(search, budget)
@@ -281,7 +285,8 @@ def select(search: str | Path, pretrain: str | Path | None, teacher: "str | Teac
             raise SelectError(f"{search} was searched for teacher {name!r}, not {given!r}; pass "
                               f"--teacher {name} or the search result of {given}")
     t = open_teacher(teacher if teacher is not None and not isinstance(teacher, str) else name,
-                     teacher_weights)
+                     teacher_weights, selector=selector, input_shape=input_shape,
+                     pretrain=pretrain)
     pool = cands[0].arch.pool or None
     if pretrain is None:
         from lana.pretrain import needs_training

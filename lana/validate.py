@@ -347,13 +347,14 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     """
     from lana.assemble import (Architecture, build_student, check_arch, load_student, read_arch,
                                teacher_architecture)
-    from lana.teachers import create_teacher
+    from lana.teachers import create_teacher, recorded_layout
 
     if not 0 <= tolerance < 10:
         raise ValidationError(f"--tolerance is a fraction (0.05 = 5 %), got {tolerance}")
     if not isinstance(arch, Architecture):
         arch = read_arch(arch, index)
     lut_obj, preset = open_lut(lut, device, teacher=arch.teacher)
+    selector, input_shape = recorded_layout(arch.teacher, lut_obj.data, selector, input_shape)
     teacher = create_teacher(arch.teacher, selector=selector or lut_obj.data.get("selector"),
                              input_shape=input_shape, pretrained=False)
     if tuple(lut_obj.input_shape) != tuple(teacher.input_shape):

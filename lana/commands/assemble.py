@@ -14,7 +14,7 @@ import json
 import sys
 import warnings
 
-from lana.cli import command_parser
+from lana.cli import command_parser, layer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=int, help="which architecture of a file holding several "
                    "(default: the first)")
     p.add_argument("--teacher", help="teacher name (default: the one the architecture names)")
-    p.add_argument("--selector", help="layer glob, for user modules (path/file.py:factory)")
-    p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
+    layer_arguments(p, "--pretrain")
     p.add_argument("--teacher-weights", help="state_dict file of the teacher (default: the "
                    "weights shipped with it, if any)")
     p.add_argument("--pretrain", help="lana pretrain output directory holding the op weights")

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, resume=args.resume, batch_size=args.batch_size, lr=args.lr,
         temperature=args.temperature, kd_weight=args.kd_weight, images=args.images,
         device=args.device, seed=args.seed, teacher_weights=args.teacher_weights,
-        progress=not args.no_progress)
+        selector=args.selector, input_shape=args.input_shape, progress=not args.no_progress)
     drop = m["top1_drop"]
     side = "below" if drop >= 0 else "above"
     print(f"val top-1 {100 * m['final_top1']:.2f}% ({100 * abs(drop):.2f} points {side} the "

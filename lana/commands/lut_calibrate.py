@@ -105,6 +105,10 @@ def _print_report(report, args: argparse.Namespace) -> None:
                   f"LUT sum{terms}")
     cv = ", ".join(f"{k} {v:.2%}" for k, v in sorted(report.cv_errors.items(), key=lambda kv: kv[1]))
     console.print(f"cross-validated mean |error| of each fit: {cv}")
+    if fit.excluded:
+        console.print(f"[yellow]ruled out: {', '.join(fit.excluded)}, which predict that the "
+                      f"cheapest network of the pool takes no time (fitted on networks far from "
+                      f"it); measure more samples to fit across the range[/]")
     if "families" in report.cv_errors and not report.family_terms_supported:
         console.print("per-family terms are not applied by this LUT reader; only affine fits "
                       "were eligible")

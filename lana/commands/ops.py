@@ -12,15 +12,14 @@ import argparse
 import json
 import sys
 
-from lana.cli import command_parser
+from lana.cli import command_parser, layer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "ops", __doc__)
     p.add_argument("--teacher", required=True, help="registry name or path/to/file.py:factory")
     p.add_argument("--pool", default="small", help="full, small or single-shot (default: small)")
-    p.add_argument("--selector", help="glob over module names picking the layers (user modules)")
-    p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
+    layer_arguments(p)
     p.add_argument("--layer", type=int, action="append", help="show only these layer indices")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

@@ -14,11 +14,12 @@ import json
 import sys
 import warnings
 
-from lana.cli import command_parser, positive, whole
+from lana.cli import command_parser, layer_arguments, positive, whole
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """Options every training stage shares."""
+def add_common(p: argparse.ArgumentParser, recorded: str = "--pretrain") -> None:
+    """Options every training stage shares (``recorded``: what holds a user module's layout)."""
+    layer_arguments(p, recorded)
     p.add_argument("--data", help="data directory (train/<class>/, val/<class>/); default: the "
                    "embedded digits")
     p.add_argument("--teacher-weights", help="state_dict file of the teacher (default: the weights "
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=whole(1), help="use at most N training images (quick runs)")
     p.add_argument("--layer", type=int, action="append", help="train only these layer indices")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    add_common(p)
+    add_common(p, "OUT (on --resume)")
     p.set_defaults(func=run)
 
 
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         pretrain, args.teacher, args.pool, args.data, args.out, epochs=args.epochs,
         ops_per_pass=args.ops_per_pass, resume=args.resume, batch_size=args.batch_size,
         lr=args.lr, images=args.images, layers=args.layer, device=args.device, seed=args.seed,
-        teacher_weights=args.teacher_weights, progress=not args.no_progress)
+        teacher_weights=args.teacher_weights, selector=args.selector,
+        input_shape=args.input_shape, progress=not args.no_progress)
     if args.json:
         json.dump(manifest, sys.stdout, indent=1)
         print()

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from lana.cli import command_parser
+from lana.cli import command_parser, layer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an existing LUT file")
     p.add_argument("--force", action="store_true", help="overwrite an existing LUT file")
     p.add_argument("--shard", help="measure only shard i of n (i/n, 1-based); merge with `lana lut merge`")
-    p.add_argument("--selector", help="glob over module names picking the teacher's layers")
-    p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
+    layer_arguments(p)
     p.add_argument("--cache-dir", help="folder of cached ONNX exports (default: onnx/ in "
                                        "$LANA_CACHE_DIR or ~/.cache/lana; see `lana cache`)")
     p.add_argument("--keep-samples", action="store_true", help="store raw samples in every entry")

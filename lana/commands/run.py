@@ -15,16 +15,17 @@ import argparse
 import json
 import sys
 
-from lana.cli import command_parser
+from lana.cli import command_parser, layer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "run", __doc__)
     p.add_argument("--teacher", default="demo",
-                   help="registry name, see `lana teachers` (default: demo); a user module goes "
-                        "through the stage commands")
+                   help="registry name, see `lana teachers` (default: demo), or "
+                        "path/to/file.py:factory with --teacher-weights")
     p.add_argument("--teacher-weights", metavar="FILE",
                    help="state_dict of the trained teacher (default: the weights it ships with)")
+    layer_arguments(p)
     p.add_argument("--device", default="cpu-ort", help="device preset (default: cpu-ort)")
     p.add_argument("--budget", default="0.5x",
                    help="latency budget in ms or as a fraction of the teacher, e.g. 0.5x (default)")
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from lana.run import run as run_pipeline
 
     summary = run_pipeline(
-        teacher=args.teacher, teacher_weights=args.teacher_weights, device=args.device,
+        teacher=args.teacher, teacher_weights=args.teacher_weights, selector=args.selector,
+        input_shape=args.input_shape, device=args.device,
         budget=args.budget, pool=args.pool, data=args.data, out=args.out, force=args.force,
         lut=args.lut, k=args.k, overlap=args.overlap, seed=args.seed, pretrain_epochs=args.pretrain_epochs,
         finetune_epochs=args.finetune_epochs, images=args.images, tolerance=args.tolerance,

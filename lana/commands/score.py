@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     result = call_reporting_warnings(
         score, args.pretrain, args.teacher, args.pool, args.data, args.out, samples=args.samples,
         batch_size=args.batch_size, device=args.device, seed=args.seed,
-        teacher_weights=args.teacher_weights, progress=not args.no_progress)
+        teacher_weights=args.teacher_weights, selector=args.selector,
+        input_shape=args.input_shape, progress=not args.no_progress)
     n_ops = sum(len(layer["scores"]) for layer in result["layers"])
     print(f"scored {n_ops} ops on {result['n_samples']} images in {result['seconds']:.1f} s "
           f"(teacher loss {result['teacher_loss']:.4f}, top-1 {100 * result['teacher_top1']:.2f}%)"

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     result = call_reporting_warnings(
         select, args.search, args.pretrain, args.teacher, args.data, args.out,
         budget=args.budget, images=args.images, batch_size=args.batch_size, device=args.device,
-        seed=args.seed, teacher_weights=args.teacher_weights, progress=not args.no_progress)
+        seed=args.seed, teacher_weights=args.teacher_weights, selector=args.selector,
+        input_shape=args.input_shape, progress=not args.no_progress)
     sel = result["selection"]
     print(f"selected solution {sel['ranking'][0]['index']} of {len(sel['ranking'])} (loss "
           f"{sel['loss']:.4f}, top-1 {100 * sel['top1']:.2f}%); wrote {args.out}")

@@ -19,7 +19,7 @@ import math
 import sys
 import warnings
 
-from lana.cli import command_parser
+from lana.cli import command_parser, layer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction the measured latency may exceed the budget by (default 0.05)")
     p.add_argument("--weights", help="student.pt to measure (default: random weights; latency "
                    "does not depend on them)")
-    p.add_argument("--selector", help="layer glob, for user modules (path/file.py:factory)")
-    p.add_argument("--input-shape", help="C,H,W for a user module without input_shape")
+    layer_arguments(p, "the LUT's")
     p.add_argument("--repeats", type=int, default=3,
                    help="measure this many times and keep the median (default 3)")
     p.add_argument("--plot", help="write a PNG of predicted vs. measured latency here")

@@ -212,6 +212,21 @@ def is_user_module(name: str) -> bool:
     return ":" in name and name.rpartition(":")[0].endswith(".py")
 
 
+def recorded_layout(name: str, record: dict | None, selector: str | None = None,
+                    input_shape: Shape | str | None = None) -> tuple[str | None, object]:
+    """``(selector, input_shape)`` for a user module, defaulting each to what ``record`` holds.
+
+    ``record`` is an artifact made from the same teacher (a LUT's or a pretraining's header), so
+    a user module's selector and input shape are given once, to the command that made it.
+    Registry teachers keep their registered layout.
+    """
+    if record and is_user_module(name):
+        selector = selector or record.get("selector")
+        if input_shape is None and record.get("input_shape"):
+            input_shape = tuple(record["input_shape"])
+    return selector, input_shape
+
+
 def create_teacher(name: str, *, selector: str | None = None,
                    weights: str | Path | None = None, pretrained: bool = True,
                    input_shape: Shape | str | None = None) -> Teacher:
@@ -220,7 +235,9 @@ def create_teacher(name: str, *, selector: str | None = None,
     ``name`` is a registered teacher or ``path/to/file.py:factory`` (the factory returns an
     ``nn.Module``; its input shape comes from ``input_shape``, or the module's ``input_shape``
     or ``default_cfg["input_size"]`` attribute).  ``selector`` overrides the registered layer
-    glob (it is required for user modules).  ``weights`` loads a state_dict file strictly;
+    glob; a user module without one takes its ``lana_selector`` attribute, so that a module
+    which names its layers works in every command with no flags.  ``weights`` loads a state_dict
+    file strictly;
     otherwise ``pretrained=True`` loads the weights shipped with the teacher, if it has any
     (only ``demo`` does: nothing is downloaded), else the teacher is randomly initialised and
     ``Teacher.pretrained`` is False.
@@ -238,10 +255,14 @@ def create_teacher(name: str, *, selector: str | None = None,
             raise LanaError(f"{name} returned {type(model).__name__}, not a torch.nn.Module; "
                             f"make the factory return the network")
         shape = _input_shape_of(model, input_shape, name)
-        if selector is None:
+        selector = selector or getattr(model, "lana_selector", None)
+        if not selector:
             raise SelectorError(
                 f"{name} needs a layer selector; pass --selector with a glob over these module "
-                f"names (e.g. 'blocks.*.*'):\n{module_tree(model)}")
+                f"names (e.g. 'blocks.*.*'), or set model.lana_selector:\n{module_tree(model)}")
+        if not isinstance(selector, str):
+            raise SelectorError(f"{name}: model.lana_selector is {type(selector).__name__}, not "
+                                f"a glob string such as 'blocks.*.*'; set it to one")
     else:
         entry = get_entry(name)
         model = entry.factory(num_classes=entry.num_classes)
@@ -273,8 +294,8 @@ def create_teacher(name: str, *, selector: str | None = None,
 __all__ = ["Layer", "SelectorError", "ShapeAdapter", "Teacher", "TeacherEntry", "TeacherInfo",
            "TraceError", "WeightsError", "create_teacher", "get_entry", "is_user_module",
            "layer_signature", "list_teacher_names", "list_teachers", "load_weights", "module_tree",
-           "parse_shape", "read_state_dict", "register_teacher", "select_modules",
-           "selector_matches", "set_submodule", "trace_layers"]
+           "parse_shape", "read_state_dict", "recorded_layout", "register_teacher",
+           "select_modules", "selector_matches", "set_submodule", "trace_layers"]
 
 # Built-in teachers register themselves on import (after the registry above exists).
 from lana.teachers import demo, efficientnet, efficientnet_v2, resnest  # noqa: E402,F401

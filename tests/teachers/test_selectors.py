@@ -137,6 +137,16 @@ FACTORY_FILE = textwrap.dedent('''
 
     def not_a_module():
         return 42
+
+    def make_self_describing():
+        net = Net()
+        net.input_shape, net.lana_selector = (3, 10, 10), "blocks.1"
+        return net
+
+    def make_bad_selector():
+        net = Net()
+        net.input_shape, net.lana_selector = (3, 10, 10), ["blocks.*"]
+        return net
 ''')
 
 
@@ -181,6 +191,26 @@ def test_file_factory_errors(factory_file, tmp_path):
         T.create_teacher(f"{broken}:make", selector="blocks.*")
     with pytest.raises(LanaError, match="C,H,W"):
         T.create_teacher(f"{factory_file}:make", selector="blocks.*", input_shape="3,24")
+
+
+def test_a_module_naming_its_layers_needs_no_flags(factory_file):
+    t = T.create_teacher(f"{factory_file}:make_self_describing")
+    assert [l.name for l in t.layers] == ["blocks.1"] and t.selector == "blocks.1"
+    t = T.create_teacher(f"{factory_file}:make_self_describing", selector="blocks.*")
+    assert len(t.layers) == 3  # a given selector wins
+    with pytest.raises(SelectorError, match="lana_selector is list, not a glob string"):
+        T.create_teacher(f"{factory_file}:make_bad_selector")
+    with pytest.raises(SelectorError, match="or set model.lana_selector"):
+        T.create_teacher(f"{factory_file}:make", input_shape="3,8,8")
+
+
+def test_recorded_layout_fills_in_a_user_modules_selector_and_shape(factory_file):
+    record = {"selector": "blocks.0", "input_shape": [3, 14, 14]}
+    user = f"{factory_file}:make"
+    assert T.recorded_layout(user, record) == ("blocks.0", (3, 14, 14))
+    assert T.recorded_layout(user, record, "blocks.*", "3,9,9") == ("blocks.*", "3,9,9")
+    assert T.recorded_layout(user, None) == (None, None)
+    assert T.recorded_layout("demo", record) == (None, None)  # registry teachers keep their own
 
 
 def test_selector_override_on_a_registered_teacher():

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from lana.calibrate import (CalibrationError, apply_calibration, calibrate, combine_repeats,
-                            error_stats, fit_calibration, measure_architectures,
+from lana.calibrate import (AFFINE_FITS, CalibrationError, apply_calibration, calibrate,
+                            combine_repeats, error_stats, fit_calibration, measure_architectures,
                             sample_architectures, split_held_out)
 from lana.lut import Lut
 from lana.spec import OpSpec
@@ -69,6 +69,17 @@ def test_family_terms_are_chosen_only_when_they_earn_their_keep():
     # A purely affine distortion: the extra terms do not earn their keep.
     raw, measured, keys = synthetic(60, 2, offset=0.3, slope=0.8, noise=0.01)
     assert fit_calibration(raw, measured, keys)[0].name != "families"
+
+
+def test_a_fit_that_predicts_no_time_for_the_cheapest_network_is_not_chosen():
+    # Networks measured 0.9 ms under their LUT sum (each entry's call overhead), all far from the
+    # cheapest the search may pick: an offset fits them best and would predict it at -0.4 ms.
+    raw, measured, keys = synthetic(30, 3, offset=-0.9, slope=1.0, noise=0.01)
+    free, _ = fit_calibration(raw, measured, keys, candidates=AFFINE_FITS)
+    assert free.name != "none" and free.predict(0.5) < 0 and not free.excluded
+    fit, cv = fit_calibration(raw, measured, keys, candidates=AFFINE_FITS, cheapest=(0.5, []))
+    assert fit.predict(0.5) > 0 and free.name in fit.excluded and fit.name not in fit.excluded
+    assert cv[fit.name] >= cv[free.name]  # the better-scoring fits were ruled out, not lost
 
 
 def test_fit_refuses_too_few_points():
