@@ -79,6 +79,9 @@ def test_every_stage_command_takes_a_user_module(user_net, tiny_device, capsys):
                   *layout, "--pool", "small", "--out", d / "lut.json"], capsys)[0] == 0
     assert _main(["search", "--lut", d / "lut.json", "--scores", d / "scores.json",
                   "--budget", "0.8x", "--k", 2, "--out", d / "search.json"], capsys)[0] == 0
+    assert _main(["search", "--lut", d / "lut.json", "--scores", d / "scores.json",
+                  "--budget", "0.8x", "--max-params", "0.9x", "--k", 2,
+                  "--out", d / "search-params.json"], capsys)[0] == 0
     assert _main(["select", "--search", d / "search.json", "--pretrain", d / "pre",
                   "--teacher-weights", d / "w.pt", "--out", d / "select.json", *quick],
                  capsys)[0] == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -152,19 +152,23 @@ def _check_predictions(table: SearchTable, luts: Sequence[Any]) -> None:
 
 
 def add_model_tables(table: SearchTable, *, params: bool = True, flops: bool = False,
-                     option: str = "--max-params") -> SearchTable:
+                     option: str = "--max-params", record: Mapping[str, Any] | None = None
+                     ) -> SearchTable:
     """Add cost tables of parameter counts ("params") and/or FLOPs at batch 1 ("flops") per op.
 
     Ops are counted on the meta device (:func:`lana.pool.op_params`, and :func:`lana.pool.op_stats`
     for FLOPs, which runs each op once), once per distinct op key; the fixed part is the teacher's
-    skeleton (every layer replaced by a shape adapter), as for a LUT's fixed latency.
+    skeleton (every layer replaced by a shape adapter), as for a LUT's fixed latency.  ``record``
+    (a LUT's header) gives a user module's layer selector and input shape.
     """
     from lana.pool import count_flops, op_params, op_stats
     from lana.spec import parse_key
-    from lana.teachers import create_teacher
+    from lana.teachers import create_teacher, recorded_layout
 
+    selector, input_shape = recorded_layout(table.teacher, dict(record or {}))
     try:
-        teacher = create_teacher(table.teacher, pretrained=False)
+        teacher = create_teacher(table.teacher, selector=selector, input_shape=input_shape,
+                                 pretrained=False)
     except Exception as exc:  # noqa: BLE001 - any failure means nothing can be counted
         raise SearchError(f"{option} needs the teacher {table.teacher!r} to count its ops "
                           f"({type(exc).__name__}: {exc}); drop {option} or fix the teacher"
