@@ -104,9 +104,12 @@ def open_teacher(teacher: "str | Teacher", weights: str | Path | None = None, *,
                                             input_shape)
     t = create_teacher(str(teacher), weights=weights, selector=selector, input_shape=input_shape)
     if not t.pretrained:
+        from lana.teachers import is_user_module
+
+        how = ("load them in the factory" if is_user_module(str(teacher))
+               else "train it with lana train-teacher")
         raise PretrainError(f"teacher {teacher} has no trained weights; pass a weights file "
-                            f"(weights=... / --teacher-weights) or train it with "
-                            f"lana train-teacher")
+                            f"(weights=... / --teacher-weights) or {how}")
     return t
 
 

@@ -325,8 +325,8 @@ class Pipeline:
         try:
             self.teacher
         except PretrainError:
-            where = ("" if is_user_module(name) else " (`lana teachers` names the timm model "
-                     "whose weights load into it)")
+            where = (", or load it in the factory" if is_user_module(name) else
+                     " (`lana teachers` names the timm model whose weights load into it)")
             raise RunError(f"teacher {name} has no trained weights here, and distilling from "
                            f"random ones would be meaningless; pass --teacher-weights FILE, a "
                            f"state_dict of the trained network{where}") from None

@@ -39,6 +39,14 @@ NET = textwrap.dedent('''
         net = Net()
         net.input_shape, net.lana_selector = (1, 32, 32), "blocks.*"
         return net
+
+    def build_trained():
+        import pathlib
+        import torch
+
+        net = build_described()
+        net.load_state_dict(torch.load(pathlib.Path(__file__).with_name("w.pt")))
+        return net
 ''')
 
 
@@ -107,17 +115,29 @@ def test_every_stage_command_takes_a_user_module(user_net, tiny_device, capsys):
     assert code == 2 and "layers 'blocks.*'" in err and "fresh --out" in err
 
 
+def test_a_factory_that_loads_its_weights_is_a_trained_teacher(user_net):
+    from lana.teachers import create_teacher
+
+    trained = create_teacher(f"{user_net / 'net.py'}:build_trained")
+    assert trained.pretrained and trained.weights is None
+    saved = torch.load(user_net / "w.pt")
+    assert all(torch.equal(v, saved[k]) for k, v in trained.model.state_dict().items())
+    # a fresh initialisation is not, however often it is built
+    assert not create_teacher(f"{user_net / 'net.py'}:build_described").pretrained
+    assert not create_teacher(f"{user_net / 'net.py'}:build_described").pretrained
+
+
 def test_lana_run_takes_a_user_module(user_net, tiny_device, tmp_path, monkeypatch):
     from lana.run import run
 
     monkeypatch.chdir(user_net)  # a relative module path is recorded absolute
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = run("net.py:build_described", tiny_device, "0.8x", out=tmp_path / "r",
-                      teacher_weights="w.pt", pool="single-shot", k=2, finetune_epochs=1,
-                      images=64, score_samples=32, calibrate=6, repeats=1)
+        summary = run("net.py:build_trained", tiny_device, "0.8x", out=tmp_path / "r",
+                      pool="single-shot", k=2, finetune_epochs=1, images=64, score_samples=32,
+                      calibrate=6, repeats=1)
     config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
-    assert config["teacher"] == f"{user_net / 'net.py'}:build_described"
+    assert config["teacher"] == f"{user_net / 'net.py'}:build_trained"
     assert summary["speedup"] > 0 and (tmp_path / "r" / "report.md").is_file()
     lut = json.loads((tmp_path / "r" / "lut.json").read_text())
     assert [layer["name"] for layer in lut["layers"]] == ["blocks.0", "blocks.1", "blocks.2"]
@@ -132,6 +152,7 @@ def test_lana_run_refuses_a_user_module_without_weights_before_any_stage(user_ne
     code, err = _main(["run", "--teacher", f"{user_net / 'net.py'}:build_described",
                        "--out", out], capsys)
     assert code == 2 and "has no trained weights here" in err and "timm" not in err
+    assert "or load it in the factory" in err
     code, err = _main(["run", "--teacher", f"{user_net / 'net.py'}:build", "--teacher-weights",
                        user_net / "w.pt", "--input-shape", "1,32,32", "--out", out], capsys)
     assert code == 2 and "needs a layer selector" in err and err.count("\n") > 3  # the tree

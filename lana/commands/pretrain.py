@@ -23,7 +23,7 @@ def add_common(p: argparse.ArgumentParser, recorded: str = "--pretrain") -> None
     p.add_argument("--data", help="data directory (train/<class>/, val/<class>/); default: the "
                    "embedded digits")
     p.add_argument("--teacher-weights", help="state_dict file of the teacher (default: the weights "
-                   "shipped with it)")
+                   "shipped with it, or those a user module's factory loads)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--seed", type=whole(0), default=0, help="data order and splits (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="registry name, see `lana teachers` (default: demo), or "
                         "path/to/file.py:factory with --teacher-weights")
     p.add_argument("--teacher-weights", metavar="FILE",
-                   help="state_dict of the trained teacher (default: the weights it ships with)")
+                   help="state_dict of the trained teacher (default: the weights it ships "
+                        "with, or those a user module's factory loads)")
     layer_arguments(p)
     p.add_argument("--device", default="cpu-ort", help="device preset (default: cpu-ort)")
     p.add_argument("--budget", default="0.5x",

@@ -227,6 +227,28 @@ def recorded_layout(name: str, record: dict | None, selector: str | None = None,
     return selector, input_shape
 
 
+def factory_loads_weights(factory: Callable, model: torch.nn.Module) -> bool:
+    """Whether a user factory returns trained weights rather than a fresh initialisation.
+
+    It is called once more under another random seed: an initialisation then differs, loaded
+    weights do not.  (A factory that seeds its own initialisation looks trained: pass the weights
+    file instead.)  A module without parameters has nothing trained.
+    """
+    import secrets
+
+    first = [p.detach() for p in model.parameters()]
+    if not first:
+        return False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(secrets.randbits(63))
+        try:
+            again = [p.detach() for p in factory().parameters()]
+        except Exception:  # noqa: BLE001 - it ran once; failing twice would be the user's bug
+            return False
+    return len(again) == len(first) and all(
+        a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, again))
+
+
 def create_teacher(name: str, *, selector: str | None = None,
                    weights: str | Path | None = None, pretrained: bool = True,
                    input_shape: Shape | str | None = None) -> Teacher:
@@ -237,10 +259,10 @@ def create_teacher(name: str, *, selector: str | None = None,
     or ``default_cfg["input_size"]`` attribute).  ``selector`` overrides the registered layer
     glob; a user module without one takes its ``lana_selector`` attribute, so that a module
     which names its layers works in every command with no flags.  ``weights`` loads a state_dict
-    file strictly;
-    otherwise ``pretrained=True`` loads the weights shipped with the teacher, if it has any
-    (only ``demo`` does: nothing is downloaded), else the teacher is randomly initialised and
-    ``Teacher.pretrained`` is False.
+    file strictly; otherwise ``pretrained=True`` loads the weights shipped with the teacher, if it
+    has any (only ``demo`` does: nothing is downloaded), and takes a user module's weights as the
+    factory returns them when the factory loads them (see :func:`factory_loads_weights`); else the
+    teacher is randomly initialised and ``Teacher.pretrained`` is False.
     """
     entry = None
     description, timm_name = "", None
@@ -271,9 +293,12 @@ def create_teacher(name: str, *, selector: str | None = None,
         description, timm_name = entry.description, entry.timm_name
 
     loaded: str | None = None
+    trained = False
     if weights is not None:
         load_weights(model, weights, name)
         loaded = str(weights)
+    elif pretrained and entry is None:
+        trained = factory_loads_weights(factory, model)
     elif pretrained and entry is not None and entry.weights:
         shipped = WEIGHTS_DIR / entry.weights
         if not shipped.is_file():
@@ -287,15 +312,16 @@ def create_teacher(name: str, *, selector: str | None = None,
     num_classes = entry.num_classes if entry is not None else (
         int(getattr(model, "num_classes", 0)) or (int(out_shape[1]) if len(out_shape) >= 2 else 0))
     return Teacher(name, model, shape, num_classes, layers, selector=selector,
-                   pretrained=loaded is not None, description=description, timm_name=timm_name,
-                   weights=loaded)
+                   pretrained=loaded is not None or trained, description=description,
+                   timm_name=timm_name, weights=loaded)
 
 
 __all__ = ["Layer", "SelectorError", "ShapeAdapter", "Teacher", "TeacherEntry", "TeacherInfo",
-           "TraceError", "WeightsError", "create_teacher", "get_entry", "is_user_module",
-           "layer_signature", "list_teacher_names", "list_teachers", "load_weights", "module_tree",
-           "parse_shape", "read_state_dict", "recorded_layout", "register_teacher",
-           "select_modules", "selector_matches", "set_submodule", "trace_layers"]
+           "TraceError", "WeightsError", "create_teacher", "factory_loads_weights", "get_entry",
+           "is_user_module", "layer_signature", "list_teacher_names", "list_teachers",
+           "load_weights", "module_tree", "parse_shape", "read_state_dict", "recorded_layout",
+           "register_teacher", "select_modules", "selector_matches", "set_submodule",
+           "trace_layers"]
 
 # Built-in teachers register themselves on import (after the registry above exists).
 from lana.teachers import demo, efficientnet, efficientnet_v2, resnest  # noqa: E402,F401
