@@ -111,8 +111,10 @@ def onnx_input_shape(path: str | Path) -> tuple[int, int, int]:
     return (int(dims[1]), int(dims[2]), int(dims[3]))
 
 
-def load_bench_model(model: str | Path | None = None, arch: str | Path | None = None) -> BenchModel:
-    """Read what ``--model`` (ONNX, student.pt or architecture JSON) or ``--arch`` names."""
+def load_bench_model(model: str | Path | None = None, arch: str | Path | None = None, *,
+                     selector: str | None = None, input_shape: Any = None) -> BenchModel:
+    """Read what ``--model`` (ONNX, student.pt or architecture JSON) or ``--arch`` names
+    (``selector`` and ``input_shape``: an architecture's user-module teacher's)."""
     if (model is None) == (arch is None):
         raise BenchError("pass exactly one of --model (ONNX file, student.pt or architecture "
                          "JSON) and --arch")
@@ -126,7 +128,8 @@ def load_bench_model(model: str | Path | None = None, arch: str | Path | None = 
         from lana.teachers import create_teacher
 
         a = read_arch(path)
-        teacher = create_teacher(a.teacher, pretrained=False)
+        teacher = create_teacher(a.teacher, selector=selector, input_shape=input_shape,
+                                 pretrained=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             net, _ = build_student(a, teacher)
@@ -263,7 +266,8 @@ def clean_ratio(a: Sequence["Measurement"], b: Sequence["Measurement"]) -> float
 
 def bench(model: str | Path | None = None, device: str = "cpu-ort", *,
           arch: str | Path | None = None, repeats: int = 7,
-          protocol: "Protocol | None" = None, bench_model: BenchModel | None = None) -> BenchResult:
+          protocol: "Protocol | None" = None, bench_model: BenchModel | None = None,
+          selector: str | None = None, input_shape: Any = None) -> BenchResult:
     """Measure a model and the reference network alternately ``repeats`` times on ``device``."""
     from lana.validate import resolve_device
     from profilers import system
@@ -271,7 +275,8 @@ def bench(model: str | Path | None = None, device: str = "cpu-ort", *,
     if repeats < 1:
         raise BenchError(f"--repeats must be >= 1, got {repeats}")
     preset = resolve_device(device)
-    target = bench_model if bench_model is not None else load_bench_model(model, arch)
+    target = (bench_model if bench_model is not None else
+              load_bench_model(model, arch, selector=selector, input_shape=input_shape))
     protocol = protocol or preset.protocol
     batch = preset.batch_size
     model_m, ref_m, info = interleaved(

@@ -100,6 +100,8 @@ def test_every_stage_command_takes_a_user_module(user_net, tiny_device, capsys):
     assert student["teacher"]["selector"] == "blocks.*"
     assert _main(["validate", "--arch", d / "select.json", "--device", tiny_device,
                   "--lut", d / "lut.json", "--json"], capsys)[0] in (0, 1)
+    assert _main(["bench", "--model", d / "select.json", "--device", tiny_device, *layout,
+                  "--repeats", 1, "--json"], capsys)[0] == 0  # an architecture file names no layers
     assert _main(["lut", "calibrate", "--lut", d / "lut.json", "--device", tiny_device,
                   "--samples", 6, "--pool", "small", "--repeats", 1], capsys)[0] == 0
     calibration = json.loads((d / "lut.json").read_text())["calibration"]

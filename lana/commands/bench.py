@@ -17,7 +17,7 @@ import json
 import sys
 import warnings
 
-from lana.cli import command_parser
+from lana.cli import command_parser, layer_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--model", help="ONNX file, student.pt, or architecture JSON")
     src.add_argument("--arch", help="architecture file (built with random weights)")
     p.add_argument("--device", required=True, help="device preset (see lana devices)")
+    layer_arguments(p)
     p.add_argument("--baseline", help="baseline file to compare with")
     p.add_argument("--save-baseline", help="write this run as a baseline file")
     p.add_argument("--tolerance", type=float, default=0.10,
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        result = bench(args.model, args.device, arch=args.arch, repeats=args.repeats)
+        result = bench(args.model, args.device, arch=args.arch, repeats=args.repeats,
+                       selector=args.selector, input_shape=args.input_shape)
     print_warnings(caught)
     comparison = compare(result, baseline, args.tolerance) if baseline is not None else None
     if args.save_baseline:
