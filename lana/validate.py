@@ -335,15 +335,15 @@ def predicted(lut: "Lut", ops: Sequence[str]) -> tuple[float, float]:
 def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
              budget: str | float | None = None, tolerance: float = 0.05,
              weights: str | Path | None = None, index: int | None = None,
-             selector: str | None = None, input_shape: Any = None, repeats: int = 1,
+             selector: str | None = None, input_shape: Any = None, repeats: int = 3,
              protocol: "Protocol | None" = None) -> Validation:
     """Measure the network of ``arch`` end to end on ``device`` and compare with ``lut``.
 
     ``budget`` is milliseconds or ``"<f>x"`` (a fraction of the LUT-predicted teacher); without it
     the architecture's ``budget_ms`` is checked, if any.  ``weights`` is a ``student.pt``; when it
     is missing the network is measured with random weights (latency does not depend on them) and a
-    warning says so.  ``protocol`` overrides the LUT's (tests); ``repeats`` > 1 measures several
-    times and keeps the median repeat.
+    warning says so.  ``protocol`` overrides the LUT's (tests); ``repeats`` (3, as the command)
+    measures several times and keeps the median repeat.
     """
     from lana.assemble import (Architecture, build_student, check_arch, load_student, read_arch,
                                teacher_architecture)
