@@ -21,8 +21,8 @@ from lana.cli import command_parser, layer_arguments
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "run", __doc__)
     p.add_argument("--teacher", default="demo",
-                   help="registry name, see `lana teachers` (default: demo), or "
-                        "path/to/file.py:factory with --teacher-weights")
+                   help="registry name, see `lana teachers` (default: demo), or your own "
+                        "network as path/to/file.py:factory (see --selector)")
     p.add_argument("--teacher-weights", metavar="FILE",
                    help="state_dict of the trained teacher (default: the weights it ships "
                         "with, or those a user module's factory loads)")

@@ -231,8 +231,8 @@ def factory_loads_weights(factory: Callable, model: torch.nn.Module) -> bool:
     """Whether a user factory returns trained weights rather than a fresh initialisation.
 
     It is called once more under another random seed: an initialisation then differs, loaded
-    weights do not.  (A factory that seeds its own initialisation looks trained: pass the weights
-    file instead.)  A module without parameters has nothing trained.
+    weights do not.  (A factory that seeds its own random initialisation looks trained as well.)
+    A module without parameters has nothing trained.
     """
     import secrets
 
