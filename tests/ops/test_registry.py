@@ -11,11 +11,13 @@ from lana.export import export_onnx, run_onnx
 from lana.ops import POOLS, candidate_specs, create_op, deploy, get_family, list_families
 from lana.spec import OpSpec
 
-# Two geometries stand for every layer: a same-shape block (identity allowed, residuals active) and a
-# downsampling, channel-changing block on an odd-sized map.
+# Three geometries stand for every layer: a same-shape block (identity allowed, residuals active), a
+# downsampling, channel-changing block on an odd-sized map, and the channel counts a user's network
+# may have (prime, not a multiple of any head count or group size).
 GEOMETRIES = {
     "same": ((16, 12, 12), (16, 12, 12), 1),
     "down": ((16, 13, 13), (24, 7, 7), 2),
+    "prime": ((7, 11, 11), (37, 6, 6), 2),
 }
 CASES = [(geo, spec) for geo, args in GEOMETRIES.items()
          for spec in candidate_specs(*args, "full")]
