@@ -104,9 +104,12 @@ def test_every_stage_command_takes_a_user_module(user_net, tiny_device, capsys):
                   "--repeats", 1, "--json"], capsys)[0] == 0  # an architecture file names no layers
     assert _main(["lut", "calibrate", "--lut", d / "lut.json", "--device", tiny_device,
                   "--samples", 6, "--pool", "small", "--repeats", 1], capsys)[0] == 0
-    calibration = json.loads((d / "lut.json").read_text())["calibration"]
-    cheapest = min(p[0] for p in calibration["points"])
-    assert calibration["offset_ms"] + calibration["slope"] * cheapest > 0
+    from lana.calibrate import layer_choices
+    from lana.lut import Lut
+
+    lut = Lut.load(d / "lut.json")
+    cheapest = [min(ops, key=lut.latency) for ops in layer_choices(lut)]
+    assert lut.calibration is not None and lut.predict(cheapest) > 0
 
     # Another layer selection than the pretraining's is refused, not mixed in.
     code, err = _main(["score", "--pretrain", d / "pre", *teacher, "--selector", "blocks.1",
