@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -132,7 +132,9 @@ def load_table(scores: str | Path, luts: Sequence[str | Path], *, check_fingerpr
     table = SearchTable(layer_names=names, ops=ops, scores=scores_per_layer, costs=costs,
                         fixed=fixed, units={n: "ms" for n in costs},
                         teacher=str(data.get("teacher", "")), pool=str(data.get("pool", "")),
-                        teacher_loss=data.get("teacher_loss"))
+                        teacher_loss=data.get("teacher_loss"),
+                        selector=loaded[0].data.get("selector"),
+                        input_shape=tuple(loaded[0].input_shape) or None)
     _check_predictions(table, loaded)
     return table
 
@@ -152,20 +154,20 @@ def _check_predictions(table: SearchTable, luts: Sequence[Any]) -> None:
 
 
 def add_model_tables(table: SearchTable, *, params: bool = True, flops: bool = False,
-                     option: str = "--max-params", record: Mapping[str, Any] | None = None
-                     ) -> SearchTable:
+                     option: str = "--max-params") -> SearchTable:
     """Add cost tables of parameter counts ("params") and/or FLOPs at batch 1 ("flops") per op.
 
     Ops are counted on the meta device (:func:`lana.pool.op_params`, and :func:`lana.pool.op_stats`
     for FLOPs, which runs each op once), once per distinct op key; the fixed part is the teacher's
-    skeleton (every layer replaced by a shape adapter), as for a LUT's fixed latency.  ``record``
-    (a LUT's header) gives a user module's layer selector and input shape.
+    skeleton (every layer replaced by a shape adapter), as for a LUT's fixed latency.  A user
+    module's layers and input are the table's (those its LUTs were measured with).
     """
     from lana.pool import count_flops, op_params, op_stats
     from lana.spec import parse_key
     from lana.teachers import create_teacher, recorded_layout
 
-    selector, input_shape = recorded_layout(table.teacher, dict(record or {}))
+    selector, input_shape = recorded_layout(
+        table.teacher, {"selector": table.selector, "input_shape": table.input_shape})
     try:
         teacher = create_teacher(table.teacher, selector=selector, input_shape=input_shape,
                                  pretrained=False)

@@ -71,11 +71,8 @@ def search_files(*, luts: Sequence[str], scores: str, budgets: Sequence[str], ou
     table = load_table(scores, luts, check_fingerprint=check_fingerprint)
     targets = build_targets(table.table_names, budgets, max_params, max_flops)  # checks them early
     if max_params is not None or max_flops is not None:
-        from lana.lut import Lut
-
         table = add_model_tables(table, params=max_params is not None, flops=max_flops is not None,
-                                 option="--max-params" if max_params is not None else "--max-flops",
-                                 record=Lut.load(luts[0], check_fingerprint=False).data)
+                                 option="--max-params" if max_params is not None else "--max-flops")
     sweep = search_many(table, targets, k, overlap, strategy=strategy, single_shot=single_shot,
                         gap=gap, time_limit=time_limit, time_budget=time_budget,
                         threads=threads)

@@ -11,7 +11,7 @@ from a scores file and LUT files.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Mapping, Sequence
 
@@ -42,6 +42,10 @@ class SearchTable:
     teacher: str = ""  # teacher name, copied into architecture files
     pool: str = ""  # candidate pool name
     teacher_loss: float | None = None  # loss of the teacher itself, when the scores file has it
+    # The layer selector and input shape the LUTs were measured with (a user module's layout,
+    # which counting its parameters or FLOPs needs); None: the teacher's own.
+    selector: str | None = None
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         names = tuple(str(n) for n in self.layer_names)
@@ -199,15 +203,13 @@ class SearchTable:
         for i, m in enumerate(masks):
             if not m.any():
                 raise SearchError(f"no candidate op is left at layer {self.layer_names[i]!r}")
-        return SearchTable(
-            layer_names=self.layer_names,
+        return replace(
+            self,
             ops=[tuple(k for k, keep_it in zip(self.ops[i], m) if keep_it)
                  for i, m in enumerate(masks)],
             scores=[s[m] for s, m in zip(self.scores, masks)],
             costs={name: [c[m] for c, m in zip(per_layer, masks)]
-                   for name, per_layer in self.costs.items()},
-            fixed=self.fixed, units=self.units, teacher=self.teacher, pool=self.pool,
-            teacher_loss=self.teacher_loss)
+                   for name, per_layer in self.costs.items()})
 
     def single_shot(self) -> "SearchTable":
         """Only the teacher op and identity at every layer (single-shot LANA, paper Table 7)."""
@@ -223,10 +225,8 @@ class SearchTable:
         """A copy with one more cost table (e.g. parameters next to latency)."""
         if name in self.costs:
             raise SearchError(f"cost table {name!r} already exists")
-        return SearchTable(layer_names=self.layer_names, ops=self.ops, scores=self.scores,
-                           costs={**self.costs, name: tuple(per_layer)},
-                           fixed={**self.fixed, name: fixed}, units={**self.units, name: unit},
-                           teacher=self.teacher, pool=self.pool, teacher_loss=self.teacher_loss)
+        return replace(self, costs={**self.costs, name: tuple(per_layer)},
+                       fixed={**self.fixed, name: fixed}, units={**self.units, name: unit})
 
     @classmethod
     def from_files(cls, scores: str, luts: Sequence[str], **kwargs) -> "SearchTable":
