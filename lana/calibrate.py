@@ -272,21 +272,19 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
                 errors += list(np.abs(pred - y[test]) / y[test])
         cv[name] = float(np.mean(errors)) if errors else math.inf
 
-    def sane(name: str) -> bool:
-        if cheapest is None or name == "none":
-            return True
-        return _fit_one(name, raw, y, counts, families).predict(*cheapest) > 0
-
+    # Each model fitted to all points predicts the cheapest network in time, or is ruled out.
+    sane = {c: cheapest is None or c == "none"
+            or _fit_one(c, raw, y, counts, families).predict(*cheapest) > 0 for c in names}
     simple = [c for c in names if c in ("none", "offset", "ols", "relative", "huber")
-              and sane(c)] or ["none"]
+              and sane[c]] or ["none"]
     best_simple = min(simple, key=lambda c: cv.get(c, math.inf))
     best = best_simple
     if ("families" in cv and allow_family_terms
             and cv["families"] < cv.get(best_simple, math.inf) * (1 - EARN_KEEP)
-            and sane("families")):
+            and sane["families"]):
         best = "families"
     fit = _fit_one(best, raw, y, counts, families)
-    excluded = tuple(c for c in names if not sane(c) and cv[c] < cv.get(best, math.inf))
+    excluded = tuple(c for c in names if not sane[c] and cv[c] < cv.get(best, math.inf))
     return Fit(fit.name, fit.offset_ms, fit.slope, fit.family_ms, cv.get(best, math.nan),
                excluded), cv
 
