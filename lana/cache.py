@@ -68,16 +68,16 @@ def _files(path: Path) -> list[tuple[Path, os.stat_result]]:
     return out
 
 
-def usage(root: str | Path | None = None) -> list[PartUsage]:
-    """One :class:`PartUsage` per part of the cache (empty parts included)."""
+def usage(root: str | Path | None = None, parts: tuple[str, ...] = PARTS) -> list[PartUsage]:
+    """One :class:`PartUsage` per part of the cache named in ``parts`` (empty ones included)."""
     base = _base(root)
-    parts = []
-    for name in PARTS:
+    found = []
+    for name in parts:
         files = _files(base / name)
         times = [st.st_mtime for _, st in files]
-        parts.append(PartUsage(name, str(base / name), len(files), sum(st.st_size for _, st in files),
+        found.append(PartUsage(name, str(base / name), len(files), sum(st.st_size for _, st in files),
                                min(times) if times else None, max(times) if times else None))
-    return parts
+    return found
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)

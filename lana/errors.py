@@ -52,11 +52,11 @@ def check_output_file(path: str | Path, option: str, example: str,
         parent = parent.parent
     if not parent.is_dir():
         raise error(f"{option} {text} cannot be written: {parent} is a file, not a folder; "
-                        f"choose another path")
+                    f"choose another path")
     try:  # a probe, not os.access: that says yes to root on /proc and to some network mounts
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".lana-probe-"):
             pass
     except OSError as exc:
         raise error(f"{option} {text} cannot be written ({exc.strerror or exc} in {parent}); "
-                        f"choose another path") from None
+                    f"choose another path") from None
     return p

@@ -26,6 +26,8 @@ def cache_root() -> Path:
     root = os.environ.get("LANA_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lana")
     return Path(root).expanduser()
+
+
 _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
 

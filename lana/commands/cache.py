@@ -20,6 +20,8 @@ from lana.cli import command_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from lana.cache import PARTS
+
     p = command_parser(sub, "cache", __doc__)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_show)
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=run_prune)
     cl = actions.add_parser("clear", help="delete parts of the cache entirely")
-    cl.add_argument("--part", action="append", choices=("onnx", "native", "benchmarks"),
+    cl.add_argument("--part", action="append", choices=PARTS,
                     help="part to delete (repeatable; default: all of them)")
     cl.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
     cl.add_argument("--json", action="store_true", help="machine-readable output")

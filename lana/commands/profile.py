@@ -76,7 +76,7 @@ def _cache_hint() -> None:
     """Say so when the export cache has grown large: it is never trimmed on its own."""
     from lana.cache import cache_root, format_size, usage
 
-    onnx = next(p for p in usage() if p.name == "onnx")
+    (onnx,) = usage(parts=("onnx",))
     if onnx.bytes > CACHE_HINT_BYTES:
         print(f"note: the ONNX export cache {cache_root()} holds {format_size(onnx.bytes)}; "
               "`lana cache prune --max-size 5G` keeps the most recently used 5 GiB",
