@@ -405,7 +405,7 @@ def measure_architectures(archs: Sequence[Sequence[str]], lut: "Lut", preset: "P
     (frequency, a neighbour) then leaves the figures alone.  A network's figure is the median
     (``statistic="min"``: the minimum) of its repeats whose measurements were not flagged noisy
     (all of them when every one was); the spread is (max - min) / that figure.  Each network is
-    exported once.
+    exported once, unless the networks would fill the disk (see :func:`measure_repeats`).
 
     The minimum suits a machine shared with other work, whose slow periods only ever add time:
     with repeats spread over minutes it finds each network's uncontended latency, where the
@@ -432,7 +432,13 @@ def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset"
                     progress: Callable[[int, int], None] | None = None,
                     selector: str | None = None) -> list[list[tuple[Any, Any]]]:
     """The raw repeats of :func:`measure_architectures`: per network, (its timing, the teacher's
-    timing right before it, or None without ``references``) for every round."""
+    timing right before it, or None without ``references``) for every round.
+
+    Each network is built and exported (or, for a backend that times torch modules, kept in
+    memory) once, before the first round, as long as the networks so far take at most half of
+    the free space there (:func:`free_storage`); the sampled networks of a large teacher
+    can take hundreds of MB each.  Those that do not fit are built again for each round and
+    dropped after their measurement, which costs time, not correctness: a warning says so."""
     if repeats < 1:
         raise CalibrationError(f"--repeats must be at least 1 (end-to-end measurements of each "
                                f"network), not {repeats}")
@@ -459,20 +465,44 @@ def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset"
     tmp = tempfile.mkdtemp(prefix="lana-calib-")
     threads = torch.get_num_threads()
 
-    def prepare(ops: Sequence[str], name: str) -> Any:
+    def build(ops: Sequence[str]) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             net, _ = build_student(Architecture(lut.teacher, lut.pool, tuple(ops)), teacher,
                                    check=False)
-        net = deploy(net)
-        return export_onnx(net, shape, Path(tmp) / f"{name}.onnx") if takes_onnx else net
+        return deploy(net)
+
+    def prepare(net: Any, name: str) -> Any:
+        if not takes_onnx:
+            return net
+        torch.set_num_threads(1)
+        try:
+            return export_onnx(net, shape, Path(tmp) / f"{name}.onnx")
+        finally:
+            torch.set_num_threads(threads)
 
     try:
-        torch.set_num_threads(1)
-        models = [prepare(ops, f"net{j}") for j, ops in enumerate(archs)]
-        reference = (prepare(teacher_architecture(teacher).ops, "reference")
-                     if references else None)
-        torch.set_num_threads(threads)
+        free, where = free_storage(tmp if takes_onnx else None)
+        budget = free // 2
+        used, reference = 0, None
+        if references:
+            net = build(teacher_architecture(teacher).ops)
+            used, reference = module_bytes(net), prepare(net, "reference")
+        kept: dict[int, Any] = {}
+        for j, ops in enumerate(archs):
+            net = build(ops)
+            size = module_bytes(net)
+            if used + size <= budget:
+                kept[j] = prepare(net, f"net{j}")
+                used += size
+        net = None  # the networks not kept are built again when measured
+        if len(kept) < len(archs) and repeats > 1:
+            warnings.warn(f"{len(archs) - len(kept)} of {len(archs)} networks would take more "
+                          f"than half of the {free / 2 ** 30:.1f} GB of free {where} beside the "
+                          f"others; each of them is built again for every one of the {repeats} "
+                          f"repeats, which takes longer" + (
+                              " (point TMPDIR to a larger disk to avoid it)" if takes_onnx
+                              else ""), stacklevel=2)
         runs: list[list[tuple[Any, Any]]] = [[] for _ in archs]
         total = len(archs) * repeats
         done = 0
@@ -481,11 +511,14 @@ def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset"
                 ref = (stack.enter_context(NetworkSession(reference, shape, preset, config=config,
                                                           protocol=protocol, label="the teacher"))
                        if reference is not None else None)
-                for j, model in enumerate(models):
+                for j, ops in enumerate(archs):
+                    model = kept[j] if j in kept else prepare(build(ops), "passing")
                     ref_m = ref.measure() if ref is not None else None
                     with NetworkSession(model, shape, preset, config=config, protocol=protocol,
                                         label=f"network {j}") as session:
                         runs[j].append((session.measure(), ref_m))
+                    if j not in kept and takes_onnx:
+                        Path(model).unlink(missing_ok=True)
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -493,6 +526,33 @@ def measure_repeats(archs: Sequence[Sequence[str]], lut: "Lut", preset: "Preset"
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return runs
+
+
+def module_bytes(module: Any) -> int:
+    """Bytes of a module's parameters and buffers: about the size of its ONNX export."""
+    return sum(t.numel() * t.element_size()
+               for t in (*module.parameters(), *module.buffers()))
+
+
+def free_storage(folder: str | None) -> tuple[int, str]:
+    """(bytes, what) free where the networks measured together are kept: the disk of ``folder``
+    (their ONNX exports), or without one the available memory (the modules themselves); ``what``
+    names the place for messages."""
+    import os
+    import shutil
+
+    if folder is not None:
+        return shutil.disk_usage(folder).free, f"disk space in {Path(folder).parent}"
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024, "memory"
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "memory"
+    except (AttributeError, OSError, ValueError):  # no way to tell here: no limit
+        return 1 << 62, "memory"
 
 
 def combine_repeats(runs: Sequence[Sequence[tuple[Any, Any]]], statistic: str = "median",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lana.calibrate import (AFFINE_FITS, CalibrationError, apply_calibration, calibrate,
                             combine_repeats, error_stats, fit_calibration, measure_architectures,
@@ -222,6 +224,35 @@ def test_min_statistic_end_to_end_and_bad_statistic(demo_lut, tiny_device):
     alt = report.to_dict()["alternatives"]["median, drift-corrected"]  # the same repeats
     assert alt["after"]["n"] == report.after["n"] == 2 and alt["model"]
     assert alt["before"]["median_abs"] != report.before["median_abs"]  # a different reduction
+
+
+def test_networks_that_do_not_fit_are_built_again_for_each_repeat(demo_lut, tiny_device,
+                                                                  monkeypatch):
+    import lana.calibrate as calibrate_module
+    import lana.export
+    from lana.validate import open_lut
+
+    lut, preset = open_lut(demo_lut, tiny_device)
+    archs = sample_architectures(lut, 3, seed=2)
+    # room for the teacher and one network: networks 1 and 2 are exported for every repeat
+    monkeypatch.setattr(calibrate_module, "module_bytes", lambda module: 1)
+    monkeypatch.setattr(calibrate_module, "free_storage", lambda folder: (4, "disk space in test"))
+    real_export, on_disk, exports = lana.export.export_onnx, [], []
+
+    def export(module, shape, path=None, *args, **kwargs):
+        exports.append(Path(path).name)
+        on_disk.append(len(list(Path(path).parent.glob("*.onnx"))))
+        return real_export(module, shape, path, *args, **kwargs)
+
+    monkeypatch.setattr(lana.export, "export_onnx", export)
+    with pytest.warns(UserWarning, match="2 of 3 networks would take more than half"):
+        results = measure_architectures(archs, lut, preset, repeats=2)
+    assert len(results) == 3 and all(ms > 0 for ms, _ in results)
+    # the teacher and network 0 once; the other two once per repeat, never more than one at a time
+    assert sorted(exports) == sorted(["reference.onnx", "net0.onnx"] + ["passing.onnx"] * 4)
+    assert max(on_disk) <= 2
+    monkeypatch.undo()
+    assert calibrate_module.module_bytes(torch.nn.Linear(10, 10)) == 110 * 4
 
 
 def test_sampling_refuses_a_lut_without_layers(demo_lut):
