@@ -44,23 +44,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: unwound like Ctrl-C, so partial results are flushed and resumable."""
+    """SIGTERM or SIGHUP arrived: unwound like Ctrl-C, so partial results are flushed and
+    resumable; ``signum`` gives the exit code (128 + signum, as a shell reports a signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminate(signum, frame):
-    raise Terminated
+    raise Terminated(signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def continue_command(argv: Sequence[str], args: argparse.Namespace) -> str | None:
+    """The command line that continues an interrupted command, or None for one that keeps
+    nothing to continue: ``--resume`` added (and ``--force`` dropped) where the command has it;
+    ``lana run`` continues when run again as it was."""
+    import shlex
+
+    words = list(argv)
+    if hasattr(args, "resume"):
+        words = [w for w in words if w != "--force"]
+        if "--resume" not in words:
+            words.append("--resume")
+    elif getattr(args, "command", None) != "run":
+        return None
+    return shlex.join(["lana", *words])
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``lana ...``; ``prog`` names the subcommand in its usage (``lana-profile``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if prog is not None:
+        for action in parser._subparsers._group_actions:  # the one subcommand action
+            action.choices[words[0]].prog = prog
+    args = parser.parse_args(words)
     import signal
     import threading
 
     from profilers.errors import ProfilerError
 
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    caught = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {s: signal.signal(s, _terminate) for s in caught} if main_thread else {}
     try:
         code = args.func(args)
     except (LanaError, ProfilerError) as exc:  # both are raised with a one-line fix
@@ -73,18 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{what}: everything measured so far is saved; re-run the same command "
-              "(with --resume where it applies) to continue", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        command = continue_command(words, args)
+        print(f"{what}: what was done so far is saved; continue with: {command}"
+              if command else what, file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return int(code or 0)
 
 
 def profile_main(argv: Sequence[str] | None = None) -> int:
     """``lana-profile ...`` is ``lana profile ...``."""
-    return main(["profile", *(sys.argv[1:] if argv is None else argv)])
+    return main(["profile", *(sys.argv[1:] if argv is None else argv)], prog="lana-profile")
 
 
 def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None

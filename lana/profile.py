@@ -15,11 +15,15 @@ other work gets a one-line warning and is marked in ``device.seen.load``.
 
 Entries are saved as they are measured (a journal line per entry, the LUT file rewritten atomically
 every few entries and on Ctrl-C), so an interrupted profile continues with ``resume=True`` and
-re-measures nothing.
+re-measures nothing; ops recorded as failed are tried again then.  An export the cache lost during
+the profile (``lana cache clear`` or ``prune`` meanwhile) is made again.  ``force=True`` keeps the
+LUT it replaces as ``<out>.bak`` until the new profile completes, and a lock next to the file
+refuses a second profile of it while one runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lana.errors import LanaError, UnknownNameError
+from lana.errors import LanaError, UnknownNameError, check_output_file
 from lana.lut import Lut, LutWriter, journal_path, profile_command
 from lana.spec import parse_key
 
@@ -48,6 +52,7 @@ class ProfileReport:
     total: int = 0  # distinct op keys this shard covers (skeleton not counted)
     measured: int = 0  # measured in this call
     reused: int = 0  # already in the file (resume)
+    retried: int = 0  # recorded as failed in the file and tried again (resume)
     failed: int = 0  # recorded as failed in this call
     noisy: int = 0  # measured in this call and still noisy after re-measurement
     wall_s: float = 0.0  # the whole call, pool building included
@@ -146,13 +151,59 @@ def _differences(lut: Lut, header: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def _open_lut(out: Path, header: dict[str, Any], layers: list[dict[str, Any]], seen: dict,
-              backend_info: dict, *, resume: bool, force: bool, command: str) -> Lut:
-    exists = out.exists() or journal_path(out).exists()
-    if exists and not (resume or force):
+def _check_existing(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to start over an existing LUT without --force, or to resume a journal alone."""
+    journal = journal_path(out)
+    if force:
+        return
+    if journal.exists() and not out.exists():
+        raise ProfileError(f"{journal} holds entries of a profile whose LUT {out} is gone; "
+                           f"restore {out.name} to resume it, or pass --force to start over")
+    if out.exists() and not resume:
         raise ProfileError(f"{out} already exists; add --resume to continue it or --force to "
                            f"overwrite it")
-    if exists and resume and out.exists():
+
+
+def backup_path(out: Path) -> Path:
+    """Where ``--force`` keeps the LUT it replaces until the new profile completes."""
+    return out.with_name(out.name + ".bak")
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold a lock next to ``out`` for the whole profile: a second profile of the same file
+    (a --resume started in another terminal, say) is refused instead of both measuring under
+    each other's load and overwriting each other's saves."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here (Windows): nothing to hold
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.lock")
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            raise ProfileError(f"another lana-profile{f' (process {pid})' if pid else ''} is "
+                               f"writing {out}; wait for it to finish, or choose another "
+                               f"--out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def _open_lut(out: Path, header: dict[str, Any], layers: list[dict[str, Any]], seen: dict,
+              backend_info: dict, *, resume: bool, force: bool, command: str) -> Lut:
+    _check_existing(out, resume=resume, force=force)
+    if resume and out.exists():
         lut = Lut.load(out, check_fingerprint=False)
         diffs = _differences(lut, header)
         if diffs:
@@ -161,6 +212,14 @@ def _open_lut(out: Path, header: dict[str, Any], layers: list[dict[str, Any]], s
         LutWriter.recover(lut, out)
         lut.data["layers"] = layers
         return lut
+    if force and out.exists():
+        backup = backup_path(out)
+        if backup.exists():  # an earlier --force was interrupted: the backup is the LUT before it
+            out.unlink()
+        else:
+            os.replace(out, backup)
+        print(f"note: the LUT this replaces is kept as {backup} until the new profile completes",
+              file=sys.stderr)
     journal_path(out).unlink(missing_ok=True)
     device = {**header["device"], "seen": seen, "backend_info": backend_info}
     extra = {k: header[k] for k in ("selector", "shard")}
@@ -338,9 +397,8 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
     preset = _load_preset(device, batch_size)
     out_path = Path(out) if out is not None else default_out(preset.name, teacher, pool)
-    if not (resume or force) and (out_path.exists() or journal_path(out_path).exists()):
-        raise ProfileError(f"{out_path} already exists; add --resume to continue it or --force to "
-                           f"overwrite it")
+    check_output_file(out_path, "--out", f"{teacher}.json", ProfileError)
+    _check_existing(out_path, resume=resume, force=force)
     from profilers.load import LoadMonitor, merge_load, parallel_probe
 
     # Its first window runs from here to the first timed op: the machine's load before timing.
@@ -371,7 +429,8 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
     from profilers import BuildError, ProfilerError, get_backend
     from profilers.system import seen as seen_machine
 
-    with torch.random.fork_rng(devices=[]):  # seeding ops leaves the caller's RNG alone
+    # Seeding ops leaves the caller's RNG alone.
+    with torch.random.fork_rng(devices=[]), _exclusive(out_path):
         if pool not in POOLS:
             raise UnknownNameError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
         torch.manual_seed(0)  # same teacher weights every run: teacher ops hit the export cache
@@ -405,8 +464,14 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
 
         # A fixed pseudo-random order spreads the slow early-layer ops over the run (a truthful ETA)
         # and spreads slow drifts of the machine over all families instead of one.
-        todo: list[str | None] = sorted((k for k in keys if k not in lut.entries), key=key_seed)
+        # On resume, ops recorded as failed are tried again (an export cache cleared under a
+        # profile, a backend that ran out of memory); the pool's build failures are final.
+        retry = {k for k in keys if k in lut.entries and "failed" in lut.entries[k]
+                 and k not in pool_failed}
+        todo: list[str | None] = sorted((k for k in keys if k not in lut.entries or k in retry),
+                                        key=key_seed)
         report.reused = len(keys) - len(todo)
+        report.retried = len(retry)
         if (shard_t is None or shard_t[0] == 1) and (lut.fixed is None or "failed" in lut.fixed):
             todo.append(None)  # the skeleton, measured last
         total = len(todo)
@@ -423,6 +488,14 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
             shape = _input_shape(t, key, preset.batch_size)
             if backend_cls.accepts == "onnx":
                 path, failure = prepared[key]
+                if failure is None and not Path(path).is_file():
+                    # the export cache was cleared or pruned since the export phase
+                    times: dict[str, float] = {}
+                    path, failure, exported = _prepare(t, key, owner, preset.batch_size,
+                                                       cache_dir, times)
+                    report.exported += int(exported)
+                    report.build_s += times.get("build_s", 0.0)
+                    report.export_s += times.get("export_s", 0.0)
                 if failure is not None:
                     return {"failed": failure}
                 model: Any = Path(path)
@@ -525,6 +598,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
             if loop_start is not None:
                 report.loop_s = time.perf_counter() - loop_start
             report.wall_s = time.perf_counter() - start
+        backup_path(out_path).unlink(missing_ok=True)  # complete: the LUT it replaced can go
         return report
 
 

@@ -153,7 +153,7 @@ def test_sigterm_unwinds_a_command_like_ctrl_c(monkeypatch, capsys):
     before = signal.getsignal(signal.SIGTERM)
     assert cli_main(["cache"]) == 143
     assert cleaned == [True]
-    assert capsys.readouterr().err.startswith("terminated: everything measured so far is saved")
+    assert capsys.readouterr().err == "terminated\n"  # lana cache keeps nothing to continue
     assert signal.getsignal(signal.SIGTERM) is before  # handler restored for the caller
 
 

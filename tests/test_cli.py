@@ -157,3 +157,28 @@ def test_check_output_file_probes_the_folder(tmp_path):
         tmp_path / "new" / "deeper" / "a.json")
     assert not (tmp_path / "new").exists()  # nothing made, nothing left behind
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_command_says_how_to_continue(monkeypatch, capsys):
+    import signal
+
+    def ns(command, **kw):
+        return argparse.Namespace(command=command, **kw)
+
+    assert cli.continue_command(["profile", "--device", "my preset.toml", "--force"],
+                                ns("profile", resume=False, force=True)) == (
+        "lana profile --device 'my preset.toml' --resume")
+    assert cli.continue_command(["pretrain", "--resume"], ns("pretrain", resume=True)) == (
+        "lana pretrain --resume")
+    assert cli.continue_command(["run", "--budget", "0.5x"], ns("run")) == "lana run --budget 0.5x"
+    assert cli.continue_command(["search"], ns("search")) is None
+
+    def hang_up(args: argparse.Namespace) -> int:
+        signal.raise_signal(signal.SIGHUP)
+        return 0
+
+    monkeypatch.setattr(importlib.import_module("lana.commands.devices"), "run", hang_up)
+    before = signal.getsignal(signal.SIGHUP)
+    assert cli.main(["devices"]) == 128 + signal.SIGHUP  # as a shell reports it
+    assert capsys.readouterr().err == "terminated\n"
+    assert signal.getsignal(signal.SIGHUP) is before

@@ -146,6 +146,76 @@ def test_failed_export_and_engine_build_are_recorded(tmp_path, demo_pool, monkey
     assert not lut.has(export_fails) and report.failed >= 2
     assert report.measured >= report.total - report.failed
     lut.require(shard_keys(demo_pool[1]))  # failed entries are present, skipped by the search
+    # --resume tries failed ops again: here the export works now
+    monkeypatch.undo()
+    again = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD, resume=True)
+    assert again.retried == report.failed and again.failed == 0
+    assert Lut.load(out).has(export_fails) and Lut.load(out).has(build_fails)
+
+
+def test_an_export_cache_cleared_during_the_profile_is_exported_again(tmp_path, demo_pool):
+    import shutil
+
+    cache = tmp_path / "cache"
+
+    def clear_after_two(done, total, key):
+        if done == 2:
+            shutil.rmtree(cache)
+
+    out = tmp_path / "demo.json"
+    report = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD,
+                     cache_dir=cache, on_progress=clear_after_two)
+    assert report.failed == 0 and report.measured == report.total + 1
+    assert report.exported >= report.total + (report.total - 2)  # all, then the rest again
+
+
+def test_force_keeps_the_lut_it_replaces_until_the_new_profile_completes(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    tiny = preset(tmp_path)
+    profile(tiny, "demo", pool="small", out=out, shard=SHARD)
+    before = out.read_text()
+
+    def stop_after_two(done, total, key):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    for _ in range(2):  # a second interrupted --force keeps the first backup
+        with pytest.raises(KeyboardInterrupt):
+            profile(tiny, "demo", pool="small", out=out, shard=SHARD, force=True,
+                    on_progress=stop_after_two)
+        assert (tmp_path / "demo.json.bak").read_text() == before
+        assert len(Lut.load(out).entries) == 2
+    assert "kept as" in capsys.readouterr().err
+    profile(tiny, "demo", pool="small", out=out, shard=SHARD, force=True)
+    assert not (tmp_path / "demo.json.bak").exists() and len(Lut.load(out).entries) > 2
+
+
+def test_a_journal_without_its_lut_is_not_thrown_away(tmp_path):
+    out = tmp_path / "demo.json"
+    journal = journal_path(out)
+    journal.write_text('{"key": null, "entry": {"median": 1.0}}\n')
+    for resume in (False, True):
+        with pytest.raises(ProfileError, match="whose LUT .* is gone; restore demo.json"):
+            profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD, resume=resume)
+    assert journal.exists() and not out.exists()
+
+
+def test_a_second_profile_of_the_same_file_is_refused(tmp_path):
+    from lana.profile import _exclusive
+
+    out = tmp_path / "demo.json"
+    with _exclusive(out):
+        with pytest.raises(ProfileError, match=r"another lana-profile \(process \d+\) is writing"):
+            profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD)
+    assert not out.exists() and not list(tmp_path.glob(".*.lock"))
+
+
+def test_an_out_that_cannot_be_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for bad, why in ((tmp_path / "afile" / "lut.json", "is a file, not a folder"),
+                     (tmp_path, "is a folder")):
+        with pytest.raises(ProfileError, match=why):
+            profile(preset(tmp_path), "demo", pool="small", out=bad, shard=SHARD)
 
 
 def test_a_full_disk_stops_the_profile_instead_of_failing_every_op(tmp_path, monkeypatch):

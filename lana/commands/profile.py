@@ -4,8 +4,10 @@ Each distinct (op, shape) key is measured once across all layers, plus the teach
 LUT's fixed part), with the device preset's backend, precision, batch size, threads and protocol
 (see `lana devices`).  Entries are saved as they are measured; after Ctrl-C or a kill, run the same
 command with --resume and nothing is measured twice.  Ops whose export or engine build fails are
-recorded as failed and skipped by the search.  Shards (--shard i/n) are joined with `lana lut merge`.
-ONNX files are exported before timing starts (--jobs processes); the ops are then timed one at a time.
+recorded as failed and skipped by the search; --resume tries them again.  --force keeps the LUT it
+replaces as <out>.bak until the new profile completes; one profile at a time writes a LUT file.
+Shards (--shard i/n) are joined with `lana lut merge`.  ONNX files are exported before timing
+starts (--jobs processes); the ops are then timed one at a time.
 The machine's load is checked before and during timing: profiling beside other work inflates every
 latency, so a busy machine is warned about and recorded in the LUT (`lana lut show`).
 
@@ -32,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="device preset name (see `lana devices`) or path/to/preset.toml")
     p.add_argument("--teacher", required=True, help="registry name or path/to/file.py:factory")
     p.add_argument("--pool", default="full", help="full, small or single-shot (default: full)")
-    p.add_argument("--out", help="LUT file to write (default: luts/<device>/<teacher>.json)")
+    p.add_argument("--out", help="LUT file to write (default: luts/<device>/<teacher>.json, "
+                                 "<teacher>-<pool>.json for pools other than full)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
     p.add_argument("--resume", action="store_true", help="continue an existing LUT file")
     p.add_argument("--force", action="store_true", help="overwrite an existing LUT file")
@@ -60,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=1))
         return 0
     rate = report.measured / (report.loop_s / 60) if report.loop_s > 0 else 0.0
+    retried = f" ({report.retried} tried again)" if report.retried else ""
     print(f"{report.out}: {report.measured} measured, {report.reused} already there, "
-          f"{report.failed} failed, {report.noisy} noisy (of {report.total} ops and the skeleton) "
+          f"{report.failed} failed{retried}, {report.noisy} noisy (of {report.total} ops and the "
+          f"skeleton) "
           f"in {report.wall_s:.0f} s ({rate:.0f} ops/min)"
           + ("; the machine was busy: see the warning above" if report.load.get("busy") else ""))
     if args.cache_dir is None:
