@@ -395,7 +395,9 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
     if jobs is not None:
         resolve_jobs(jobs, 0)  # a bad value fails before any work
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
-    preset = _load_preset(device, batch_size)
+    with warnings.catch_warnings(record=True) as preset_warnings:  # said below, as warnings
+        warnings.simplefilter("always")
+        preset = _load_preset(device, batch_size)
     out_path = Path(out) if out is not None else default_out(preset.name, teacher, pool)
     check_output_file(out_path, "--out", f"{teacher}.json", ProfileError)
     _check_existing(out_path, resume=resume, force=force)
@@ -417,6 +419,8 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
         else:
             print(f"warning: {message}", file=sys.stderr)
 
+    for caught in preset_warnings:
+        warn(str(caught.message))
     hw = preset.hardware_warning()
     if hw:
         warn(hw)

@@ -22,7 +22,8 @@ more than one thread, each reading therefore also runs a *parallel probe*
 in ONNX Runtime.  A free machine runs it nearly ``threads`` times faster with ``threads`` threads; a
 speed-up under :data:`CONTENDED_EFFICIENCY` x ``threads`` means the CPUs are contended, whoever holds
 them, and the multi-threaded latencies are inflated.  The probe uses at most
-:data:`PROBE_MAX_THREADS` threads, so on a bigger machine it watches the first few cores only.
+:data:`PROBE_MAX_THREADS` threads, so on a bigger machine it watches the first few cores only, and
+never more threads than the CPUs it may run on (a free machine cannot do better than that).
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def _r2(value: float | None) -> float | None:
 
 
 def contention_message(speedup: float, threads: int) -> str:
+    """The one-line warning for a probe whose ``threads``-thread speed-up was ``speedup``;
+    ``threads`` is what the probe ran with (:func:`probe_threads`), never more than the CPUs."""
     return (f"the CPUs are contended: a reference convolution ran {speedup:.2f}x as fast with "
             f"{threads} threads as with 1 (a free machine gives about {0.9 * threads:.1f}x) while "
             f"no process here kept them busy, so something outside this system (a virtual "
@@ -172,22 +175,26 @@ def contention_message(speedup: float, threads: int) -> str:
 PROBE_MAX_THREADS = 4  # a small convolution stops scaling beyond a few threads
 
 
-def probe_threads(threads: int) -> int:
+def probe_threads(threads: int, cpus: int | None = None) -> int:
     """The threads the parallel probe compares with one: the profile's, at most
-    :data:`PROBE_MAX_THREADS` (contention of the other cores goes unseen on bigger machines)."""
-    return max(1, min(int(threads), PROBE_MAX_THREADS))
+    :data:`PROBE_MAX_THREADS` (contention of the other cores goes unseen on bigger machines) and
+    at most ``cpus``, the CPUs the probe may run on: a free machine cannot run more threads at once
+    than it has CPUs, so a preset asking for more (``threads = 64`` on two CPUs) must not make the
+    probe expect more speed-up than the CPUs give, nor call the shortfall contention."""
+    return max(1, min(int(threads), PROBE_MAX_THREADS, int(cpus) if cpus else PROBE_MAX_THREADS))
 
 
-def parallel_probe(threads: int, *, channels: int = 64, size: int = 56, runs: int = 9
-                   ) -> Callable[[], float | None] | None:
+def parallel_probe(threads: int, *, cpus: int | None = None, channels: int = 64, size: int = 56,
+                   runs: int = 9) -> Callable[[], float | None] | None:
     """A function returning the probe's speed-up with :func:`probe_threads` threads over one
     thread (the ratio of median latencies of a 3x3 convolution, ``channels`` x ``size`` x
-    ``size``, in ONNX Runtime), or None when there is nothing to probe (one thread, ONNX Runtime
-    missing).
+    ``size``, in ONNX Runtime), or None when there is nothing to probe (one thread or one CPU,
+    ONNX Runtime missing).  ``cpus``: the CPUs it may run on (default: this process's).  The
+    function's ``threads`` attribute is the threads it compares with one.
 
     The two sessions are built on the first call and kept; each call costs about 30 ms.
     """
-    threads = probe_threads(threads)
+    threads = probe_threads(threads, len(usable_cpus()) if cpus is None else cpus)
     if threads <= 1:
         return None
     try:
@@ -239,6 +246,7 @@ def parallel_probe(threads: int, *, channels: int = 64, size: int = 56, runs: in
             return None
         return one / many if many > 0 else None
 
+    probe.threads = threads  # type: ignore[attr-defined]  # what LoadMonitor judges it by
     return probe
 
 
@@ -308,7 +316,7 @@ class LoadMonitor:
         if speedup is None:
             return None
         self.speedups.append(speedup)
-        threads = probe_threads(self.threads)
+        threads = getattr(self._probe, "threads", None) or probe_threads(self.threads, self.cpus)
         if speedup >= CONTENDED_EFFICIENCY * threads:
             return None
         self.contended_checks += 1
@@ -402,7 +410,7 @@ def describe_load(load: Mapping[str, Any] | None) -> str:
             f"{f(load.get('start'))} -> {f(load.get('end'))}"
             + (f" ({runs} runs, resumed)" if runs > 1 else ""))
     if load.get("parallel_speedup_median") is not None:
-        threads = probe_threads(load.get("threads") or 1)
+        threads = probe_threads(load.get("threads") or 1, load.get("cpus"))
         text += (f"; {threads}-thread speed-up of the parallel probe "
                  f"{load.get('parallel_speedup_min') or 0:.2f} min, "
                  f"{load['parallel_speedup_median']:.2f} median")
