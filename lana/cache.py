@@ -90,6 +90,9 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(str(text))
     if not m:
         raise CacheError(f"size {text!r} is not a size; write it like 500M, 5G or 2.5GB")
+    if not m.group(2) and not m.group(1).isdigit():  # "0.5" would keep nothing: 0 bytes
+        raise CacheError(f"size {text!r} has no unit and is not a whole number of bytes; write "
+                         f"it like 500M, 5G or 2.5GB")
     return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
 
 

@@ -225,12 +225,18 @@ def _prepare_dir(out: Path, config: RunConfig, force: bool) -> Manifest:
 
 def shipped_lut(teacher: str, device: str, pool: str) -> Path | None:
     """A LUT under ``luts/`` for this teacher and device that covers the pool, is not stale, and
-    was measured on the CPU/GPU model this machine has; None when there is none."""
+    was measured on the CPU/GPU model this machine has, with the threads the preset takes here
+    (a model string like "AMD EPYC" names many machines); None when there is none."""
     from lana.lut import Lut
     from lana.teachers import is_user_module
+    from profilers import ProfilerError, load_preset
     from profilers.system import cpu_model, gpu_info
 
     if is_user_module(teacher):
+        return None
+    try:
+        threads = load_preset(device).resolved_threads()
+    except ProfilerError:  # not a preset: the profile stage says so
         return None
     candidates = [REPO_LUTS / device / f"{teacher}.json", REPO_LUTS / device / f"{teacher}-{pool}.json"]
     here = {"cpu": cpu_model(), "gpu": gpu_info().get("gpu")}
@@ -244,7 +250,7 @@ def shipped_lut(teacher: str, device: str, pool: str) -> Path | None:
         seen = lut.device.get("seen", {})
         if seen.get("cpu") != here.get("cpu") or seen.get("gpu") != here.get("gpu"):
             continue
-        if lut.preset != device:
+        if lut.preset != device or lut.device.get("threads") != threads:
             continue
         from lana.pool import build_pool
         from lana.teachers import create_teacher

@@ -94,7 +94,7 @@ def test_parse_size(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("bad", ["", "5X", "-1G", "G", "5 ms"])
+@pytest.mark.parametrize("bad", ["", "5X", "-1G", "G", "5 ms", "0.5", "2.", "1.5B"])
 def test_parse_size_refuses_what_is_not_a_size(bad):
     with pytest.raises(CacheError, match="write it like 500M"):
         parse_size(bad)
