@@ -9,6 +9,9 @@
     The compiled timing extension, one build per torch version (rebuilt on demand).
 ``benchmarks/``
     LUTs the benchmarks profile and reuse while the op code is unchanged.
+``trt/``
+    TensorRT's timing cache (tactic timings shared between engine builds; the ``timing_cache``
+    option of the TensorRT presets).
 
 Everything here can be deleted at any time; the cost is re-exporting, rebuilding or re-profiling.
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 from lana.errors import LanaError
 from profilers.system import cache_root  # noqa: F401 - one definition, shared with the native build
 
-PARTS = ("onnx", "native", "benchmarks")
+PARTS = ("onnx", "native", "benchmarks", "trt")
 
 
 class CacheError(LanaError):

@@ -84,7 +84,7 @@ def test_clear_deletes_named_parts_only(root):
     removed = clear(("benchmarks",))
     assert (removed.files, removed.bytes) == (1, 20)
     assert not (root / "benchmarks").exists() and (root / "onnx" / "a.onnx").exists()
-    with pytest.raises(CacheError, match="the parts are onnx, native, benchmarks"):
+    with pytest.raises(CacheError, match="the parts are onnx, native, benchmarks, trt"):
         clear(("models",))
 
 

@@ -21,17 +21,26 @@ from typing import Any
 from profilers.backends._cuda import cuda_runtime
 from profilers.backends.base import Backend, BackendConfig
 from profilers.errors import BackendUnavailableError, BuildError
-from profilers.system import library_version
+from profilers.system import cache_root, library_version
 from profilers.timing import Clock, Protocol, Timer
 
 INSTALL_HINT = "TensorRT is not installed: install lana[trt] (pip install 'lana[trt]') on a machine with an NVIDIA GPU"
+
+
+def timing_cache_path(option: Any) -> Path:
+    """The ``timing_cache`` option as a file: a relative path lies in lana's cache
+    (``$LANA_CACHE_DIR``, see :func:`profilers.system.cache_root`), where ``lana cache`` shows and
+    clears it; an absolute one (``~`` expanded) is taken as it is."""
+    path = Path(str(option)).expanduser()
+    return path if path.is_absolute() else cache_root() / path
 
 
 class TrtBackend(Backend):
     """TensorRT engine built from an ONNX file.
 
     Options: ``workspace_mb``, ``cuda_graph`` (replay a captured graph), ``fp16_io`` (fp16 network
-    I/O at fp16), ``timing_cache`` (a file of tactic timings reused across builds), ``device_index``.
+    I/O at fp16), ``timing_cache`` (a file of tactic timings reused across builds; see
+    :func:`timing_cache_path`), ``device_index``.
     """
 
     name = "trt"
@@ -103,7 +112,7 @@ class TrtBackend(Backend):
                     tensor.dtype = trt.float16
         cache_file = cfg.option("timing_cache")
         if cache_file:  # tactic timings shared between builds (like trtexec --timingCacheFile)
-            cache_path = Path(str(cache_file)).expanduser()
+            cache_path = timing_cache_path(cache_file)
             data = cache_path.read_bytes() if cache_path.is_file() else b""
             build_config.set_timing_cache(build_config.create_timing_cache(data), False)
         plan = builder.build_serialized_network(network, build_config)

@@ -126,6 +126,18 @@ def test_trt_missing_gives_the_install_hint():
     assert reason == INSTALL_HINT and "lana[trt]" in reason and "\n" not in reason
 
 
+def test_trt_timing_cache_lives_in_the_lana_cache_unless_absolute(tmp_path, monkeypatch):
+    from profilers import load_preset
+    from profilers.backends.trt import timing_cache_path
+
+    monkeypatch.setenv("LANA_CACHE_DIR", str(tmp_path / "cache"))
+    option = load_preset("v100-trt").backend_config().option("timing_cache")
+    assert timing_cache_path(option) == tmp_path / "cache" / "trt" / "timing.cache"
+    assert timing_cache_path(tmp_path / "t.cache") == tmp_path / "t.cache"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert timing_cache_path("~/t.cache") == tmp_path / "t.cache"
+
+
 @pytest.mark.trt
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_trt_backend_builds_and_times_an_engine(onnx_file, cuda_graph):
