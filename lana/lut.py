@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import time
@@ -49,11 +50,17 @@ class LutCoverageError(LutError):
 
 def profile_command(*, device: str, teacher: str, pool: str, out: str | os.PathLike[str] | None,
                     batch_size: int | None = None, selector: str | None = None,
+                    input_shape: str | Sequence[int] | None = None, shard: str | None = None,
                     resume: bool = False, force: bool = False) -> str:
     """The ``lana-profile`` command line that (re)makes a LUT with these settings."""
     parts = ["lana-profile", "--device", device, "--teacher", teacher, "--pool", pool]
     if selector:
         parts += ["--selector", selector]
+    if input_shape:
+        parts += ["--input-shape", input_shape if isinstance(input_shape, str)
+                  else ",".join(str(v) for v in input_shape)]
+    if shard:
+        parts += ["--shard", shard]
     if batch_size is not None:
         parts += ["--batch-size", str(batch_size)]
     if out is not None:
@@ -69,12 +76,76 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _option(command: Any, option: str) -> str | None:
+    """The value of ``option`` in a recorded command line (``--device x`` or ``--device=x``)."""
+    if not isinstance(command, str):
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError:  # an unclosed quote: not a command this lana wrote
+        return None
+    for i, word in enumerate(words):
+        if word == option and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith(f"{option}="):
+            return word.partition("=")[2]
+    return None
+
+
+def _remake_command(command: str, out: Path) -> str | None:
+    """``command`` (a recorded ``lana-profile`` line) writing ``out`` from scratch (``--force``)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or words[0] != "lana-profile":
+        return None
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--out":
+            skip = True
+        elif word not in ("--resume", "--force") and not word.startswith("--out="):
+            kept.append(word)
+    return " ".join(shlex.quote(w) for w in [*kept, "--out", str(out), "--force"])
+
+
+_COMMAND_RE = re.compile(r'"command":\s*("(?:[^"\\]|\\.)*")')
+
+
+def _remake_advice(path: Path, text: str) -> str:
+    """How to get a usable LUT back when the file itself cannot be read.
+
+    ``--resume`` cannot help: it reads the same file.  Its recorded ``command`` near the top of the
+    file usually survives a cut, so the advice names the exact command to make it again.
+    """
+    command = None
+    match = _COMMAND_RE.search(text)
+    if match:
+        try:
+            command = _remake_command(json.loads(match.group(1)), path)
+        except ValueError:
+            command = None
+    remake = (f"re-make it (ONNX exports are cached, so only the timing is redone): {command}"
+              if command else "re-run the lana-profile command that made it with --force (ONNX "
+              "exports are cached, so only the timing is redone)")
+    advice = f"restore it from a copy, or {remake}"
+    journal = journal_path(path)
+    if journal.exists():
+        advice += (f"; {journal} holds the entries measured since its last save, which "
+                   f"lana-profile ... --resume adds back to a restored copy")
+    return advice
+
+
 class Lut:
     """One LUT document; build with :meth:`new`, :meth:`load` or :meth:`from_dict`."""
 
     def __init__(self, data: dict[str, Any], path: Path | None = None) -> None:
         self.data = data
         self.path = path
+        self._layers_checked: tuple[Any, str | None] | None = None  # (layers value, problem)
 
     # ----------------------------------------------------------------------------------- creation
     @classmethod
@@ -107,14 +178,15 @@ class Lut:
             raise LutError(f"cannot read LUT file {path}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise LutError(f"LUT file {path} is not text (not UTF-8); it is damaged or not a LUT: "
-                           f"re-profile it with lana-profile") from None
+                           f"{_remake_advice(path, '')}") from None
+        if not text.strip():
+            raise LutError(f"LUT file {path} is empty; {_remake_advice(path, text)}")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             what = "truncated" if exc.pos >= len(text.rstrip()) else "corrupt"
             raise LutError(f"LUT file {path} is {what} (invalid JSON at line {exc.lineno} column "
-                           f"{exc.colno}: {exc.msg}); re-run its lana-profile command with --resume, "
-                           f"or restore the file") from None
+                           f"{exc.colno}: {exc.msg}); {_remake_advice(path, text)}") from None
         lut = cls.from_dict(data, path=path, check_fingerprint=check_fingerprint)
         lut.check_expected(teacher=teacher, device=device, batch_size=batch_size)
         return lut
@@ -155,6 +227,7 @@ class Lut:
             lut._check_entry(key, entry, where)
         if data["fixed"] is not None:
             lut._check_entry("fixed", data["fixed"], where)
+        lut._check_layers()  # raised by :attr:`layers`, on use (see there)
         calibration = data["calibration"]
         if calibration is not None and (
                 not isinstance(calibration, dict) or calibration.get("kind") != "affine"
@@ -180,12 +253,28 @@ class Lut:
                            f"with lana-profile ... --resume")
 
     # ------------------------------------------------------------------------------------ checks
+    @property
+    def device_arg(self) -> str:
+        """What to pass to ``lana-profile --device`` to profile like this LUT was.
+
+        A built-in or ``LANA_PRESET_PATH`` preset by its name; a preset given as a ``.toml`` file
+        by that file, as the recorded ``command`` names it: its name alone would be refused.
+        """
+        preset = self.data["device"].get("preset")
+        if preset is not None and _known_preset(str(preset)):
+            return str(preset)
+        recorded = _option(self.data.get("command"), "--device")
+        if recorded:
+            return recorded
+        return "<preset>" if preset is None else str(preset)
+
     def command(self, *, resume: bool = False, force: bool = False) -> str:
         """The ``lana-profile`` command that makes (``force``) or completes (``resume``) this LUT."""
-        device = self.data["device"]
-        return profile_command(device=str(device.get("preset", "<preset>")), teacher=self.teacher,
+        return profile_command(device=self.device_arg, teacher=self.teacher,
                                pool=self.pool, out=self.path, batch_size=self.batch_size,
-                               selector=self.data.get("selector"), resume=resume, force=force)
+                               selector=self.data.get("selector"),
+                               input_shape=_option(self.data.get("command"), "--input-shape"),
+                               shard=self.data.get("shard"), resume=resume, force=force)
 
     def check_fingerprint(self) -> None:
         """Raise :class:`StaleLutError` when the op code changed since this LUT was profiled."""
@@ -203,17 +292,19 @@ class Lut:
         """Raise :class:`LutError` when this LUT is for another teacher, device or batch size."""
         preset = self.data["device"].get("preset")
         if teacher is not None and teacher != self.teacher:
+            other = profile_command(device=self.device_arg, teacher=teacher, pool=self.pool,
+                                    out=None)
             raise LutError(f"{self._where()} is for teacher {self.teacher!r}, not {teacher!r}; "
-                           f"profile one: lana-profile --device {preset} --teacher {teacher} "
-                           f"--pool {self.pool}")
+                           f"profile one: {other}")
         if device is not None and device != preset:
+            other = profile_command(device=device, teacher=self.teacher, pool=self.pool, out=None)
             raise LutError(f"{self._where()} was measured with device preset {preset!r}, not "
-                           f"{device!r}; pass a LUT for {device} or profile one with lana-profile "
-                           f"--device {device} --teacher {self.teacher}")
+                           f"{device!r}; pass a LUT for {device} or profile one with {other}")
         if batch_size is not None and batch_size != self.batch_size:
+            other = profile_command(device=self.device_arg, teacher=self.teacher, pool=self.pool,
+                                    out=None, batch_size=batch_size)
             raise LutError(f"{self._where()} was measured at batch size {self.batch_size}, not "
-                           f"{batch_size}; profile one: lana-profile --device {preset} --teacher "
-                           f"{self.teacher} --pool {self.pool} --batch-size {batch_size}")
+                           f"{batch_size}; profile one: {other}")
 
     def _where(self) -> str:
         return f"LUT {self.path}" if self.path is not None else "the LUT"
@@ -257,7 +348,23 @@ class Lut:
 
     @property
     def layers(self) -> list[dict[str, Any]]:
+        """Per layer of the teacher, its ``name`` and the op keys of its ``ops`` pool.
+
+        Checked when the LUT is loaded, but raised here, on use: ``lana-profile --resume`` loads
+        the file, never reads the old layers and rewrites them, so it must still open it.
+        """
+        problem = self._check_layers()
+        if problem is not None:
+            raise LutError(f"{self._where()}: {problem}; its lana-profile command rewrites the "
+                           f"layers and keeps every entry: {self.command(resume=True)}")
         return self.data["layers"]
+
+    def _check_layers(self) -> str | None:
+        """What is wrong with ``layers`` (None: nothing), checked once per value it holds."""
+        layers = self.data["layers"]
+        if self._layers_checked is None or self._layers_checked[0] is not layers:
+            self._layers_checked = (layers, _layers_problem(layers, self.entries))
+        return self._layers_checked[1]
 
     @property
     def calibration(self) -> dict[str, Any] | None:
@@ -451,6 +558,47 @@ def journal_path(path: Path) -> Path:
     return path.with_name(path.name + ".journal")
 
 
+def _known_preset(name: str) -> bool:
+    """True when ``lana-profile --device name`` finds a preset of that name (built-in or in
+    ``LANA_PRESET_PATH``); also when the profilers cannot be imported to tell."""
+    try:
+        from profilers.device import preset_names
+    except ImportError:
+        return True
+    return name in preset_names()
+
+
+def _layers_problem(layers: Any, entries: Mapping[str, Any]) -> str | None:
+    """What is wrong with a LUT's ``layers`` field (a list of ``{"name", "ops": [op key, ...]}``),
+    or None; keys already validated as entries are not parsed again."""
+    shape = 'a list of {"name": ..., "ops": [op key, ...]} objects'
+    if not isinstance(layers, list):
+        return f"'layers' must be {shape}, got {type(layers).__name__} {_clip(layers)}"
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            return f"layer {i} must be an object, got {_clip(layer)}"
+        name = layer.get("name")
+        if not isinstance(name, str):
+            return f"layer {i} needs a 'name' string, got {_clip(name)}"
+        ops = layer.get("ops")
+        if not isinstance(ops, list) or not ops:
+            return f"layer {i} ({name}) needs 'ops', a non-empty list of op keys, got {_clip(ops)}"
+        for key in ops:
+            if not isinstance(key, str):
+                return f"layer {i} ({name}) lists {_clip(key)}, not an op key string"
+            if key not in entries:
+                try:
+                    parse_key(key)
+                except ValueError as exc:
+                    return f"layer {i} ({name}) lists a bad op key: {exc}"
+    return None
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 # ------------------------------------------------------------------------------ merge / show / diff
 _HEADER_MUST_MATCH = ("teacher", "pool", "input_shape", "protocol", "ops_fingerprint", "selector")
 _DEVICE_MUST_MATCH = ("preset", "backend", "device", "precision", "batch_size", "threads")
@@ -463,6 +611,10 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
           combine: str | None = None) -> Lut:
     """Join LUTs of one profile split into shards (``--shard i/n``); their headers must agree.
 
+    Shards of one profile hold disjoint entries, so files that are not shards of one ``n``, the
+    same shard twice, or files sharing an entry are refused: taking one file's entry over
+    another's would silently drop a measurement.
+
     With ``combine`` ("min" or "median") the files are instead whole profiles of the same pool
     taken at different moments: an op measured in several of them gets the fastest profile's
     entry (``min``) or the median of its medians, and keeps them all under ``profiles``; so does
@@ -470,8 +622,10 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
     whose busy moments only ever add time, the min keeps an op that one profile caught in a slow
     moment out of the prediction.
     """
-    if not paths:
-        raise LutError("nothing to merge; pass two or more LUT files")
+    if len(paths) < 2:
+        given = f" (got only {paths[0]})" if paths else ""
+        raise LutError(f"merge needs two or more LUT files{given}: the shards of one lana-profile "
+                       f"--shard i/n run, or whole profiles with --combine min|median")
     if combine is not None and combine not in COMBINE:
         raise LutError(f"--combine must be one of {', '.join(COMBINE)}, got {combine!r}")
     resolved: dict[str, str] = {}
@@ -482,6 +636,8 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
             raise LutError(f"{p} is given twice{both}; pass each shard or profile once")
         resolved[real] = str(p)
     luts = [Lut.load(p, check_fingerprint=False) for p in paths]
+    if combine is None:
+        _check_shards(luts)
     base = luts[0]
     merged = Lut(json.loads(json.dumps(base.data)))
     merged.data.pop("shard", None)
@@ -514,6 +670,35 @@ def merge(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] |
     if out is not None:
         merged.save(out)
     return merged
+
+
+def _check_shards(luts: Sequence[Lut]) -> None:
+    """Refuse to join files that are not distinct shards of one profile: without ``--combine``
+    an op in two files would silently keep the first file's entry."""
+    join = "to join whole profiles of one pool, pass --combine min|median"
+    shards: dict[int, Lut] = {}
+    count = None
+    for lut in luts:
+        i, _, n = str(lut.data.get("shard")).partition("/")
+        if not (i.isdigit() and n.isdigit()):
+            raise LutError(f"{lut.path} is a whole profile, not a shard (lana-profile --shard "
+                           f"i/n); {join}")
+        if count is not None and int(n) != count:
+            raise LutError(f"{lut.path} is shard {i}/{n} but {luts[0].path} is shard "
+                           f"{luts[0].data['shard']}; merge the shards of one lana-profile run")
+        count = int(n)
+        if int(i) in shards:
+            raise LutError(f"{shards[int(i)].path} and {lut.path} are both shard {i}/{n}; pass "
+                           f"each shard once, or {join}")
+        shards[int(i)] = lut
+    owner: dict[str, Lut] = {}
+    for lut in luts:
+        for key in lut.entries:
+            first = owner.setdefault(key, lut)
+            if first is not lut:
+                both = sum(1 for k in lut.entries if k in first.entries)
+                raise LutError(f"{first.path} and {lut.path} both hold entries for {both} op(s) "
+                               f"(e.g. {key}), which shards of one profile never do; {join}")
 
 
 def _combine_profiles(merged: Lut, luts: Sequence[Lut], combine: str) -> None:
@@ -578,6 +763,17 @@ def summarize(lut: Lut, *, top: int = 5) -> dict[str, Any]:
     }
 
 
+def differences(a: Lut, b: Lut) -> dict[str, list[Any]]:
+    """``{what: [a's, b's]}`` for the settings in which ``a`` and ``b`` differ: teacher, pool, batch
+    size, input shape (then the two time other ops and networks) and preset (other devices)."""
+    shape = "x".join
+    pairs = {"teacher": (a.teacher, b.teacher), "pool": (a.pool, b.pool),
+             "batch size": (a.batch_size, b.batch_size),
+             "input shape": (shape(map(str, a.input_shape)), shape(map(str, b.input_shape))),
+             "preset": (a.preset, b.preset)}
+    return {what: list(pair) for what, pair in pairs.items() if pair[0] != pair[1]}
+
+
 def diff(a: Lut, b: Lut, *, top: int = 5) -> dict[str, Any]:
     """Compare two LUTs op by op: ratio b/a distribution, who is faster, per family, largest changes."""
     common = sorted(k for k in a.entries if a.has(k) and b.has(k))
@@ -598,6 +794,7 @@ def diff(a: Lut, b: Lut, *, top: int = 5) -> dict[str, Any]:
 
     by_change = sorted(ratios.items(), key=lambda kv: abs(math.log(kv[1])) if kv[1] > 0 else math.inf)
     return {
+        "differs": differences(a, b),
         "a": {"path": str(a.path), "preset": a.preset, "teacher": a.teacher, "pool": a.pool},
         "b": {"path": str(b.path), "preset": b.preset, "teacher": b.teacher, "pool": b.pool},
         "same_device": a.preset == b.preset and ((a.device.get("seen") or {}).get("cpu")

@@ -454,7 +454,9 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
         info = backend_cls(Path("op.onnx") if backend_cls.accepts == "onnx" else None,
                            (preset.batch_size, *t.input_shape), config).info()
         command = profile_command(device=device, teacher=teacher, pool=pool, out=out_path,
-                                  batch_size=batch_size, selector=selector)
+                                  batch_size=batch_size, selector=selector,
+                                  input_shape=input_shape,
+                                  shard=None if shard_t is None else f"{shard_t[0]}/{shard_t[1]}")
         header = _header(preset, t, pool, selector, shard_t)
         fresh = not (out_path.exists() or journal_path(out_path).exists())
         lut = _open_lut(out_path, header, layers, seen_machine(gpu=preset.device == "cuda"), info,

@@ -67,7 +67,7 @@ def open_lut(path: str | Path, device: str, *, teacher: str | None = None) -> tu
     if lut.preset != preset.name:
         raise ValidationError(
             f"LUT {path} was measured on device {lut.preset!r}, not {preset.name!r}; pass "
-            f"--device {lut.preset} or a LUT of {preset.name} (lana-profile --device {device} "
+            f"--device {lut.device_arg} or a LUT of {preset.name} (lana-profile --device {device} "
             f"--teacher {lut.teacher} --pool {lut.pool} --out NEW.json)")
     if lut.batch_size != preset.batch_size:
         preset = dataclasses.replace(preset, batch_size=lut.batch_size)

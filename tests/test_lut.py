@@ -41,6 +41,20 @@ def make_lut(**header) -> Lut:
     return lut
 
 
+def shards(lut: Lut, n: int) -> list[Lut]:
+    """``lut`` split like ``lana-profile --shard i/n`` splits a profile: disjoint entries, the
+    fixed part in shard 1 only."""
+    parts = []
+    for i in range(n):
+        part = Lut(json.loads(json.dumps(lut.data)))
+        part.data["entries"] = {k: e for j, (k, e) in enumerate(sorted(lut.entries.items()))
+                                if j % n == i}
+        part.data["fixed"] = lut.fixed if i == 0 else None
+        part.data["shard"] = f"{i + 1}/{n}"
+        parts.append(part)
+    return parts
+
+
 def write_json(path, data):
     path.write_text(json.dumps(data))
     return path
@@ -149,7 +163,9 @@ def test_corrupt_and_truncated_json_are_one_line_errors(tmp_path):
     path.write_text(text[: len(text) // 2])
     with pytest.raises(LutError, match="is truncated") as info:
         Lut.load(path)
-    assert "--resume" in str(info.value) and "\n" not in str(info.value)
+    # --resume reads the same file, so the advice must not send the user there
+    assert "--resume" not in str(info.value) and "\n" not in str(info.value)
+    assert "restore it from a copy" in str(info.value) and "--force" in str(info.value)
     path.write_text("{" + text[1:].replace('"median"', "median", 1))
     with pytest.raises(LutError, match="is corrupt"):
         Lut.load(path)
@@ -208,16 +224,12 @@ def test_teacher_device_and_batch_mismatch(tmp_path):
 
 
 def test_merge_shards_and_refuse_mismatched(tmp_path):
-    a, b = make_lut(), make_lut()
-    del a.entries[EFN]
-    del b.entries[TEACHER]
-    b.data["fixed"] = None
-    a.data["shard"], b.data["shard"] = "1/2", "2/2"
+    a, b = shards(make_lut(), 2)
     pa, pb = a.save(tmp_path / "a.json"), b.save(tmp_path / "b.json")
     merged = merge([pa, pb], tmp_path / "m.json")
     assert set(merged.entries) == {TEACHER, IDENTITY, EFN, CB} and merged.fixed_ms == 0.5
     assert "shard" not in merged.data and Lut.load(tmp_path / "m.json").has(EFN)
-    c = make_lut(protocol={"min_iters": 50, "statistic": "median", "units": "ms"})
+    _, c = shards(make_lut(protocol={"min_iters": 50, "statistic": "median", "units": "ms"}), 2)
     pc = c.save(tmp_path / "c.json")
     with pytest.raises(LutError, match="differ in protocol"):
         merge([pa, pc])
@@ -281,10 +293,10 @@ def test_lut_commands_show_diff_merge(tmp_path, capsys):
     from lana.cli import main
 
     a = make_lut()
-    a.data["shard"] = "1/2"
     b = make_lut()
     b.set_entry(EFN, entry(2.0))
     pa, pb = a.save(tmp_path / "a.json"), b.save(tmp_path / "b.json")
+    s1, s2 = (s.save(tmp_path / f"s{i}.json") for i, s in enumerate(shards(a, 2), 1))
     assert main(["lut", "show", str(pa), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["measured"] == 3 and shown["noisy"] == 1 and shown["device"]["preset"] == "cpu-ort"
@@ -294,8 +306,223 @@ def test_lut_commands_show_diff_merge(tmp_path, capsys):
     assert main(["lut", "diff", str(pa), str(pb)]) == 0
     text = capsys.readouterr().out
     assert "faster   A on 1 ops, B on 0 ops" in text and "repeat" in text
-    assert main(["lut", "merge", str(pa), str(pb), "--out", str(tmp_path / "m.json")]) == 0
+    assert main(["lut", "merge", str(s1), str(s2), "--out", str(tmp_path / "m.json")]) == 0
     assert "3 measured" in capsys.readouterr().out and Lut.load(tmp_path / "m.json").has(EFN)
     assert main(["lut", "merge", str(pa), str(pb), "--combine", "min",
                  "--out", str(tmp_path / "f.json")]) == 0
     assert Lut.load(tmp_path / "f.json").latency(EFN) == 1.0
+
+
+# ---------------------------------------------------------------------------- malformed input
+def _main(argv, capsys) -> tuple[int, str, str]:
+    from lana.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("layers, problem", [
+    ("oops", r"'layers' must be a list of .*got str 'oops'"),
+    (["blocks.0"], r"layer 0 must be an object, got 'blocks.0'"),
+    ([{"name": "blocks.0", "ops": [TEACHER]}, {"name": "blocks.1"}],
+     r"layer 1 \(blocks.1\) needs 'ops', a non-empty list of op keys, got None"),
+    ([{"name": "blocks.0", "ops": [TEACHER, "efn e=3"]}],
+     r"layer 0 \(blocks.0\) lists a bad op key: not an op key: 'efn e=3'"),
+    ([{"name": "blocks.0", "ops": [TEACHER, 7]}],
+     r"layer 0 \(blocks.0\) lists 7, not an op key string"),
+    ([{"ops": [TEACHER]}], r"layer 0 needs a 'name' string, got None"),
+])
+def test_malformed_layers_are_one_line_errors_naming_the_fix(tmp_path, capsys, layers, problem):
+    from lana.search.files import load_table
+
+    path = write_json(tmp_path / "demo.json", {**make_lut().to_dict(), "layers": layers})
+    lut = Lut.load(path)  # loads: lana-profile --resume must open it to rewrite the layers
+    with pytest.raises(LutError, match=problem) as info:
+        lut.layers
+    message = str(info.value)
+    assert message.startswith(f"LUT {path}: ") and "\n" not in message
+    assert message.endswith(f"lana-profile --device cpu-ort --teacher demo --pool small "
+                            f"--batch-size 1 --out {path} --resume")
+    with pytest.raises(LutError, match=problem):
+        summarize(lut)
+    code, out, err = _main(["lut", "show", str(path)], capsys)
+    assert code == 2 and out == "" and err == f"error: {message}\n"
+    scores = write_json(tmp_path / "scores.json", {
+        "schema": "lana.scores/1", "teacher": "demo", "pool": "small",
+        "layers": [{"name": "blocks.0", "scores": {TEACHER: 0.0, EFN: 0.1}}]})
+    with pytest.raises(LutError, match=problem):  # the search no longer skips a bad key
+        load_table(scores, [path])
+    # what lana-profile --resume does: load, replace the layers, save; the file is whole again
+    lut.data["layers"] = make_lut().layers
+    lut.save(path)
+    assert Lut.load(path).required_keys() == [TEACHER, IDENTITY, EFN, CB]
+
+
+def test_unreadable_lut_advice_does_not_send_back_to_resume(tmp_path):
+    lut = make_lut(command="lana-profile --device cpu-ort --teacher demo --pool small "
+                           "--out elsewhere/demo.json")
+    path = lut.save(tmp_path / "my luts" / "demo.json")
+    text = path.read_text()
+    remake = (f"lana-profile --device cpu-ort --teacher demo --pool small --out "
+              f"'{path}' --force")
+    path.write_text(text[:text.index('"layers"')])  # a copy cut short: the command survives
+    with pytest.raises(LutError) as info:
+        Lut.load(path)
+    message = str(info.value)
+    assert message.startswith(f"LUT file {path} is truncated (invalid JSON at line ")
+    assert message.endswith(f"restore it from a copy, or re-make it (ONNX exports are cached, so "
+                            f"only the timing is redone): {remake}")
+    journal_path(path).write_text(json.dumps({"key": TEACHER, "entry": entry(2.0)}) + "\n")
+    with pytest.raises(LutError) as info:
+        Lut.load(path)
+    assert str(info.value).endswith(f"{remake}; {journal_path(path)} holds the entries measured "
+                                    f"since its last save, which lana-profile ... --resume adds "
+                                    f"back to a restored copy")
+    journal_path(path).unlink()
+    path.write_text("")
+    with pytest.raises(LutError, match=r"is empty; restore it from a copy, or re-run the "
+                                       r"lana-profile command that made it with --force"):
+        Lut.load(path)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(LutError, match=r"is not text .*restore it from a copy") as info:
+        Lut.load(path)
+    assert "--resume" not in str(info.value)
+
+
+def test_fix_commands_name_the_preset_file_a_lut_was_profiled_with(tmp_path):
+    toml = tmp_path / "my presets" / "my.toml"
+    custom = make_lut(device={"preset": "my-ort", "backend": "ort", "precision": "fp32",
+                              "batch_size": 1, "threads": 2},
+                      command=f"lana-profile --device '{toml}' --teacher demo --pool small "
+                              f"--out luts/my-ort/demo.json")
+    path = custom.save(tmp_path / "my.json")
+    lut = Lut.load(path)
+    assert lut.device_arg == str(toml)
+    expected = (f"lana-profile --device '{toml}' --teacher demo --pool small --batch-size 1 "
+                f"--out {path} --resume")
+    assert lut.command(resume=True) == expected
+    with pytest.raises(LutCoverageError) as info:
+        lut.require([op_key(OpSpec.make("efn", IN, OUT, 1, e=6, k=5, se=None))])
+    assert str(info.value).endswith(f"add them: {expected}")
+    with pytest.raises(LutError) as info:
+        Lut.load(path, teacher="efficientnet_b0")
+    assert f"profile one: lana-profile --device '{toml}' --teacher efficientnet_b0" in str(info.value)
+    with pytest.raises(LutError) as info:
+        Lut.load(path, batch_size=8)
+    assert f"--device '{toml}' --teacher demo --pool small --batch-size 8" in str(info.value)
+    # built-in presets keep their name, whatever path the profile was given
+    builtin = make_lut(command="lana-profile --device=./profilers/presets/cpu-ort.toml "
+                               "--teacher demo --pool small")
+    assert builtin.device_arg == "cpu-ort" and "--device cpu-ort " in builtin.command()
+    # an unknown preset with no recorded command: its name is still the best guess
+    del custom.data["command"]
+    assert custom.device_arg == "my-ort"
+
+
+def test_merge_refuses_what_is_not_shards_of_one_profile(tmp_path, capsys):
+    whole = [make_lut().save(tmp_path / f"w{i}.json") for i in range(2)]
+    with pytest.raises(LutError, match=r"w0.json is a whole profile, not a shard .*pass "
+                                       r"--combine min\|median"):
+        merge(whole, tmp_path / "m.json")
+    a, b, c = shards(make_lut(), 3)
+    pa, pb = a.save(tmp_path / "a.json"), b.save(tmp_path / "b.json")
+    c.data["entries"][TEACHER] = entry(2.5)  # overlaps shard 1
+    pc = c.save(tmp_path / "c.json")
+    with pytest.raises(LutError, match=rf"a.json and .*c.json both hold entries for 1 op\(s\) \(e.g. "
+                                       rf"{TEACHER.split('|')[0]}.*--combine min\|median"):
+        merge([pa, pb, pc])
+    b.data["shard"] = "1/3"
+    with pytest.raises(LutError, match=r"a.json and .*b2.json are both shard 1/3"):
+        merge([pa, b.save(tmp_path / "b2.json")])
+    b.data["shard"] = "2/4"
+    with pytest.raises(LutError, match=r"b4.json is shard 2/4 but .*a.json is shard 1/3"):
+        merge([pa, b.save(tmp_path / "b4.json")])
+    with pytest.raises(LutError, match=r"merge needs two or more LUT files \(got only .*a.json\)"):
+        merge([pa], tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+    code, out, err = _main(["lut", "merge", str(pa), "--out", str(tmp_path / "m.json")], capsys)
+    assert code == 2 and err.startswith("error: merge needs two or more LUT files")
+    (tmp_path / "folder").mkdir()
+    code, out, err = _main(["lut", "merge", str(pa), str(pb), "--out", str(tmp_path / "folder")],
+                           capsys)
+    assert code == 2 and err == (f"error: --out {tmp_path / 'folder'} is a folder; name the file, "
+                                 f"e.g. {tmp_path / 'folder' / 'merged.json'}\n")
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_diff_says_first_when_the_luts_time_different_things(tmp_path, capsys):
+    a = make_lut().save(tmp_path / "a.json")
+    other = make_lut(teacher="efficientnet_b0", input_shape=(3, 224, 224),
+                     device={"preset": "xeon-ort", "backend": "ort", "precision": "fp32",
+                             "batch_size": 8, "threads": 10}).save(tmp_path / "b.json")
+    d = diff(Lut.load(a), Lut.load(other))
+    assert d["differs"] == {"teacher": ["demo", "efficientnet_b0"], "batch size": [1, 8],
+                            "input shape": ["1x32x32", "3x224x224"],
+                            "preset": ["cpu-ort", "xeon-ort"]}
+    code, out, _ = _main(["lut", "diff", str(a), str(other)], capsys)
+    assert code == 0 and out.splitlines()[0] == (
+        "WARNING  A and B differ in teacher (demo vs efficientnet_b0), batch size (1 vs 8), "
+        "input shape (1x32x32 vs 3x224x224), preset (cpu-ort vs xeon-ort): they time different "
+        "ops and networks, so the figures below compare different things, not two devices")
+    device_only = make_lut(device={"preset": "xeon-ort", "backend": "ort", "precision": "fp32",
+                                   "batch_size": 1, "threads": 10}).save(tmp_path / "x.json")
+    code, out, _ = _main(["lut", "diff", str(a), str(device_only)], capsys)
+    assert out.splitlines()[0] == ("note     A and B differ in preset (cpu-ort vs xeon-ort): the "
+                                   "figures below compare the devices")
+    code, out, _ = _main(["lut", "diff", str(a), str(a)], capsys)
+    assert out.startswith("A ") and diff(Lut.load(a), Lut.load(a))["differs"] == {}
+
+
+@pytest.mark.parametrize("action", ["show", "diff"])
+def test_negative_top_is_refused_at_parse_time(tmp_path, capsys, action):
+    from lana.cli import main
+
+    path = str(make_lut().save(tmp_path / "a.json"))
+    files = [path] if action == "show" else [path, path]
+    with pytest.raises(SystemExit) as info:
+        main(["lut", action, *files, "--top", "-2"])
+    assert info.value.code == 2 and "argument --top: must be >= 0, got -2" in capsys.readouterr().err
+    assert main(["lut", action, *files, "--top", "0", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown.get("slowest", shown.get("largest_changes")) == []
+
+
+def _load(**flags) -> dict:
+    return {"cpus": 2, "threads": 2, "start": 0.5, "end": 0.7, "others_start": 0.0,
+            "others_end": 0.0, "others_peak": 0.1, "source": "proc-stat", "busy": False,
+            "contended": False, "parallel_speedup_min": 1.6, "parallel_speedup_median": 1.9,
+            **flags}
+
+
+@pytest.mark.parametrize("seen, marks", [
+    ({"seen": {"load": _load(contended=True, parallel_speedup_min=1.0)}}, ["CONTENDED"]),
+    ({"seen": {"load": _load(busy=True, contended=True, others_peak=1.2)}}, ["BUSY", "CONTENDED"]),
+    # merged shards: one caught busy, another contended
+    ({"seen": {"load": _load(busy=True, others_peak=1.2)},
+      "seen_shards": [{"load": _load(busy=True, others_peak=1.2)},
+                      {"load": _load(contended=True)}]}, ["BUSY", "CONTENDED"]),
+    ({"seen": {"load": _load(busy=True, others_peak=1.2)}}, ["BUSY"]),
+    ({"seen": {"load": _load()}}, []),
+])
+def test_show_marks_a_contended_lut(tmp_path, capsys, seen, marks):
+    lut = make_lut(device={"preset": "cpu-ort", "backend": "ort", "precision": "fp32",
+                           "batch_size": 1, "threads": 2, **seen})
+    path = str(lut.save(tmp_path / "a.json"))
+    code, out, _ = _main(["lut", "show", path], capsys)
+    line = next(line for line in out.splitlines() if line.startswith("load "))
+    assert code == 0 and [m for m in ("BUSY", "CONTENDED") if m in line] == marks
+    _, out, _ = _main(["lut", "show", path, "--json"], capsys)
+    assert json.loads(out)["load"]["contended"] == ("CONTENDED" in marks)
+
+
+def test_fix_commands_keep_the_shard_and_input_shape_a_lut_was_profiled_with():
+    from lana.lut import profile_command
+
+    command = profile_command(device="cpu-ort", teacher="net.py:build", pool="small",
+                              out="l.json", input_shape=(3, 45, 45), shard="2/3")
+    lut = Lut.new(teacher="net.py:build", pool="small", input_shape=[3, 45, 45],
+                  device={"preset": "cpu-ort", "batch_size": 1}, protocol={},
+                  ops_fingerprint="x", layers=[], command=command, shard="2/3")
+    assert "--input-shape 3,45,45 --shard 2/3" in command
+    assert "--input-shape 3,45,45 --shard 2/3" in lut.command(resume=True)

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from lana.cli import command_parser
+from lana.cli import command_parser, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,18 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="lut_command", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="summarise one LUT")
     show.add_argument("lut", help="LUT file")
-    show.add_argument("--top", type=int, default=5, help="how many slowest/fastest ops to list")
+    show.add_argument("--top", type=whole(0), default=5,
+                      help="how many slowest/fastest ops to list")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=run_show)
     d = actions.add_parser("diff", help="compare two LUTs op by op")
     d.add_argument("a", help="first LUT (the reference)")
     d.add_argument("b", help="second LUT")
-    d.add_argument("--top", type=int, default=5, help="how many largest changes to list")
+    d.add_argument("--top", type=whole(0), default=5, help="how many largest changes to list")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=run_diff)
     m = actions.add_parser("merge", help="join the shards of one lana-profile run, or combine "
                                          "whole profiles taken at different moments")
-    m.add_argument("luts", nargs="+", help="shard LUT files (or whole profiles, with --combine)")
+    m.add_argument("luts", nargs="+", help="two or more shard LUT files of one profile (or "
+                                           "whole profiles, with --combine)")
     m.add_argument("--combine", choices=("min", "median"),
                    help="the files are whole profiles of one pool: per op, keep the fastest "
                         "profile's entry (min; on a shared machine, whose busy moments only add "
@@ -53,18 +55,34 @@ def _ms(value: float | None) -> str:
 
 def load_of(device: dict[str, Any]) -> dict[str, Any] | None:
     """The machine's load while a LUT was measured (``device.seen.load``); for merged shards, the
-    busiest shard's (or combined profile's).  None for LUTs made before loads were recorded."""
+    busiest shard's (or combined profile's), contended when any of them was.  None for LUTs made
+    before loads were recorded."""
     seens = [device.get("seen"), *device.get("seen_shards", []), *device.get("seen_profiles", [])]
     loads = [seen.get("load") for seen in seens if isinstance(seen, dict)]
     loads = [load for load in loads if isinstance(load, dict)]
     if not loads:
         return None
-    return max(loads, key=lambda load: (bool(load.get("busy")), load.get("others_peak") or 0.0))
+    busiest = max(loads, key=lambda load: (bool(load.get("busy")), load.get("others_peak") or 0.0))
+    contended = [load for load in loads if load.get("contended")]
+    if contended and not busiest.get("contended"):
+        return {**busiest, "contended": True,
+                "contention_warning": contended[0].get("contention_warning")}
+    return busiest
+
+
+def describe(load: dict[str, Any] | None) -> str:
+    """The ``load`` line: :func:`profilers.load.describe_load`, which names only BUSY when a
+    profile was both, plus CONTENDED when a parallel probe fell under 0.6 x threads as well."""
+    from profilers.load import CONTENDED_EFFICIENCY, describe_load
+
+    text = describe_load(load)
+    if isinstance(load, dict) and load.get("contended") and "CONTENDED" not in text:
+        text += (f"; CONTENDED too: a parallel probe ran under {CONTENDED_EFFICIENCY} x threads, "
+                 f"multi-threaded latencies inflated")
+    return text
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    from profilers.load import describe_load
-
     dev, proto = s["device"], s["protocol"]
     seen = dev.get("seen") or {}
     lines = [
@@ -73,7 +91,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{dev.get('precision')}, batch {dev.get('batch_size')}, threads {dev.get('threads')}",
         f"ran on   {seen.get('cpu')}" + (f", {seen['gpu']} (driver {seen.get('driver')})" if seen.get("gpu") else "")
         + "".join(f", {lib} {seen[lib]}" for lib in ("onnxruntime", "torch", "tensorrt") if seen.get(lib)),
-        f"load     {describe_load(s.get('load', load_of(dev)))}",
+        f"load     {describe(s.get('load', load_of(dev)))}",
         f"protocol warm-up {proto.get('warmup_s')} s / {proto.get('warmup_iters')} it, then >= "
         f"{proto.get('min_iters')} it and >= {proto.get('min_time_s')} s, {proto.get('statistic')}, "
         f"noise > {proto.get('noise_threshold')} IQR/median re-measured",
@@ -98,7 +116,15 @@ def format_diff(d: dict[str, Any]) -> str:
     def x(v: float | None) -> str:
         return "-" if v is None else f"{v:.3g}x"
 
-    lines = [
+    differs = d.get("differs") or {}
+    what = ", ".join(f"{name} ({a} vs {b})" for name, (a, b) in differs.items())
+    lines = []
+    if set(differs) - {"preset"}:
+        lines.append(f"WARNING  A and B differ in {what}: they time different ops and networks, so "
+                     f"the figures below compare different things, not two devices")
+    elif differs:
+        lines.append(f"note     A and B differ in {what}: the figures below compare the devices")
+    lines += [
         f"A {d['a']['path']} ({d['a']['preset']})  vs  B {d['b']['path']} ({d['b']['preset']})",
         f"ops      {d['common']} in both, {d['only_a']} only in A, {d['only_b']} only in B",
         f"B/A      min {x(r['min'])}, p10 {x(r['p10'])}, median {x(r['median'])}, p90 {x(r['p90'])}, "
@@ -133,8 +159,10 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from lana.lut import merge, summarize
+    from lana.errors import check_output_file
+    from lana.lut import LutError, merge, summarize
 
+    check_output_file(args.out, "--out", "merged.json", LutError)
     merged = merge(args.luts, args.out, combine=args.combine)
     s = summarize(merged)
     print(f"{args.out}: {s['measured']} measured, {s['failed']} failed, {s['missing']} missing of "
