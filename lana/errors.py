@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 class LanaError(Exception):
@@ -37,26 +37,56 @@ def read_json_file(path: str | Path, error: type[LanaError], what: str, *, missi
 
 
 def check_output_file(path: str | Path, option: str, example: str,
-                      error: type[LanaError] = LanaError) -> Path:
+                      error: type[LanaError] = LanaError, *,
+                      inputs: Sequence[tuple[str, str | Path | None]] = ()) -> Path:
     """``path`` as a file a command will write when its work is done, refused before the work when
-    it names a folder or a place that cannot be written (``error`` with one line naming ``option``,
+    it names a folder, a place that cannot be written, or one of the command's ``inputs``
+    (``(option, path)`` pairs) that it would overwrite (``error`` with one line naming ``option``,
     and ``example`` as a file name that would do)."""
-    import tempfile
-
     text = str(path)
+    if not text.strip():
+        raise error(f"{option} is empty; name the file, e.g. {example}")
     p = Path(text)
     if text.endswith(("/", "\\")) or p.is_dir():
         raise error(f"{option} {text} is a folder; name the file, e.g. {p / example}")
+    for name, given in inputs:
+        if given and Path(given).resolve() == p.resolve():
+            raise error(f"{option} {text} is also the {name} file, which it would overwrite; "
+                        f"write to another file, e.g. {p.with_name(example)}")
+    _probe_writable(_existing_parent(p), option, text, error)
+    return p
+
+
+def check_output_dir(path: str | Path, option: str, example: str,
+                     error: type[LanaError] = LanaError) -> Path:
+    """``path`` as a folder a command writes into (made when missing), refused before the work
+    when it is empty, an existing file, or a place that cannot be written."""
+    text = str(path)
+    if not text.strip():
+        raise error(f"{option} is empty; name a folder, e.g. {example}")
+    p = Path(text)
+    if p.exists() and not p.is_dir():
+        raise error(f"{option} {text} is a file, not a folder; name a folder, e.g. {example}")
+    _probe_writable(_existing_parent(p) if not p.exists() else p, option, text, error)
+    return p
+
+
+def _existing_parent(p: Path) -> Path:
     parent = p.parent
     while not parent.exists() and parent != parent.parent:  # the rest is created when written
         parent = parent.parent
-    if not parent.is_dir():
-        raise error(f"{option} {text} cannot be written: {parent} is a file, not a folder; "
+    return parent
+
+
+def _probe_writable(folder: Path, option: str, text: str, error: type[LanaError]) -> None:
+    import tempfile
+
+    if not folder.is_dir():
+        raise error(f"{option} {text} cannot be written: {folder} is a file, not a folder; "
                     f"choose another path")
     try:  # a probe, not os.access: that says yes to root on /proc and to some network mounts
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".lana-probe-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lana-probe-"):
             pass
     except OSError as exc:
-        raise error(f"{option} {text} cannot be written ({exc.strerror or exc} in {parent}); "
+        raise error(f"{option} {text} cannot be written ({exc.strerror or exc} in {folder}); "
                     f"choose another path") from None
-    return p

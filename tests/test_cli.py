@@ -182,3 +182,40 @@ def test_an_interrupted_command_says_how_to_continue(monkeypatch, capsys):
     assert cli.main(["devices"]) == 128 + signal.SIGHUP  # as a shell reports it
     assert capsys.readouterr().err == "terminated\n"
     assert signal.getsignal(signal.SIGHUP) is before
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["search", "--lut", "l.json", "--scores", "s.json", "--budget", "0.5x", "--out", ""],
+     "--out is empty; name the file, e.g. search.json"),
+    (["search", "--lut", "l.json", "--scores", "s.json", "--budget", "0.5x", "--out", "/"],
+     "--out / is a folder; name the file, e.g. /search.json"),
+    (["search", "--lut", "l.json", "--scores", "s.json", "--budget", "0.5x", "--out",
+      "{tmp}/r.json"], "--out {tmp}/r.json draws its plot to {tmp}/r.png, which is a folder"),
+    (["score", "--teacher", "demo", "--out", "{tmp}/file.txt/s.json"],
+     "--out {tmp}/file.txt/s.json cannot be written: {tmp}/file.txt is a file, not a folder"),
+    (["select", "--search", "{tmp}/file.txt", "--out", "{tmp}/file.txt"],
+     "--out {tmp}/file.txt is also the --search file, which it would overwrite"),
+    (["verify", "--search", "{tmp}/file.txt", "--lut", "l.json", "--device", "cpu-ort",
+      "--budget", "0.5x", "--out", "{tmp}/file.txt"], "is also the --search file"),
+    (["lut", "merge", "{tmp}/file.txt", "b.json", "--combine", "min", "--out", "{tmp}/file.txt"],
+     "is also the input file"),
+    (["bench", "--arch", "{tmp}/file.txt", "--device", "cpu-ort", "--save-baseline",
+      "{tmp}/file.txt"], "--save-baseline {tmp}/file.txt is also the --arch file"),
+    (["bench", "--arch", "a.json", "--device", "cpu-ort", "--save-baseline", ""],
+     "--save-baseline is empty"),
+    (["assemble", "--arch", "a.json", "--out", "{tmp}/file.txt"],
+     "--out {tmp}/file.txt is a file, not a folder; name a folder, e.g. student"),
+    (["finetune", "--arch", "a.json", "--out", ""], "--out is empty; name a folder"),
+    (["pretrain", "--teacher", "demo", "--out", "{tmp}/file.txt/p"],
+     "--out {tmp}/file.txt/p cannot be written: {tmp}/file.txt is a file, not a folder"),
+])
+def test_outputs_that_cannot_be_written_or_would_overwrite_an_input(tmp_path, capsys, argv,
+                                                                    needle):
+    (tmp_path / "file.txt").write_text("{}")
+    (tmp_path / "r.png").mkdir()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert needle.replace("{tmp}", str(tmp_path)) in err
+    assert (tmp_path / "file.txt").read_text() == "{}"

@@ -45,7 +45,9 @@ def print_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lana.assemble import assemble
+    from lana.errors import check_output_dir
 
+    check_output_dir(args.out, "--out", "student")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -41,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from lana.bench import bench, compare, read_baseline, save_baseline
     from lana.commands.assemble import print_warnings
 
+    from lana.errors import check_output_file
+
     baseline = read_baseline(args.baseline) if args.baseline else None  # fail before measuring
+    if args.save_baseline is not None:
+        check_output_file(args.save_baseline, "--save-baseline", "baseline.json",
+                          inputs=[("--model", args.model), ("--arch", args.arch)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                        selector=args.selector, input_shape=args.input_shape)
     print_warnings(caught)
     comparison = compare(result, baseline, args.tolerance) if baseline is not None else None
-    if args.save_baseline:
+    if args.save_baseline is not None:
         save_baseline(result, args.save_baseline)
     if args.json:
         out = {"result": result.to_dict(),

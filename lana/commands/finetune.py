@@ -46,8 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lana.commands.pretrain import call_reporting_warnings
+    from lana.errors import check_output_dir
     from lana.finetune import finetune
 
+    check_output_dir(args.out, "--out", "run/finetune")
     m = call_reporting_warnings(
         finetune, args.arch, args.teacher, args.pretrain, args.data, args.out,
         epochs=args.epochs, resume=args.resume, batch_size=args.batch_size, lr=args.lr,

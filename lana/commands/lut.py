@@ -162,7 +162,8 @@ def run_merge(args: argparse.Namespace) -> int:
     from lana.errors import check_output_file
     from lana.lut import LutError, merge, summarize
 
-    check_output_file(args.out, "--out", "merged.json", LutError)
+    check_output_file(args.out, "--out", "merged.json", LutError,
+                      inputs=[("input", path) for path in args.luts])
     merged = merge(args.luts, args.out, combine=args.combine)
     s = summarize(merged)
     print(f"{args.out}: {s['measured']} measured, {s['failed']} failed, {s['missing']} missing of "

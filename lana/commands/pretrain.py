@@ -69,8 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lana.errors import check_output_dir
     from lana.pretrain import pretrain
 
+    check_output_dir(args.out, "--out", "run/pretrain")
     manifest = call_reporting_warnings(
         pretrain, args.teacher, args.pool, args.data, args.out, epochs=args.epochs,
         ops_per_pass=args.ops_per_pass, resume=args.resume, batch_size=args.batch_size,

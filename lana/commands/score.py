@@ -34,8 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lana.commands.pretrain import call_reporting_warnings
+    from lana.errors import check_output_file
     from lana.score import score
 
+    check_output_file(args.out, "--out", "scores.json")
     result = call_reporting_warnings(
         score, args.pretrain, args.teacher, args.pool, args.data, args.out, samples=args.samples,
         batch_size=args.batch_size, device=args.device, seed=args.seed,

@@ -36,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lana.commands.pretrain import call_reporting_warnings
+    from lana.errors import check_output_file
     from lana.select import select
 
+    check_output_file(args.out, "--out", "select.json", inputs=[("--search", args.search)])
     result = call_reporting_warnings(
         select, args.search, args.pretrain, args.teacher, args.data, args.out,
         budget=args.budget, images=args.images, batch_size=args.batch_size, device=args.device,

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from lana.errors import check_output_file
     from lana.verify import verify
 
-    check_output_file(args.out, "--out", "verify.json")
+    check_output_file(args.out, "--out", "verify.json",
+                      inputs=[("--search", args.search), ("--lut", args.lut),
+                              ("--scores", args.scores)])
 
     res = call_reporting_warnings(
         verify, args.search, args.lut, args.device, args.budget, scores=args.scores,

@@ -101,16 +101,19 @@ def _report_path(out: str | Path, *, inputs: Sequence[str | Path] = ()) -> Path:
     """``out`` as the report's path, refused when it is a folder, or when the report or the plot
     beside it would overwrite an input file or each other."""
     text = str(out)
-    path = Path(text)
-    written = {path.resolve(), path.with_suffix(".png").resolve()}
+    path = check_output_file(text, "--out", "search.json", SearchError)  # before the solves
+    if path.suffix.lower() == ".png":
+        raise SearchError(f"--out {text} ends in .png, the name of the plot written beside the "
+                          f"report; name the report {path.with_suffix('.json')}")
+    plot = path.with_suffix(".png")
+    if plot.is_dir():
+        raise SearchError(f"--out {text} draws its plot to {plot}, which is a folder; name the "
+                          f"report elsewhere")
+    written = {path.resolve(), plot.resolve()}
     for given in inputs:
         if Path(given).resolve() in written:
             raise SearchError(f"--out {text} would overwrite the input {given} (with the report or "
                               f"its plot); write the report elsewhere, e.g. search.json")
-    check_output_file(path, "--out", "search.json", SearchError)  # before the solves, not after
-    if path.suffix.lower() == ".png":
-        raise SearchError(f"--out {text} ends in .png, the name of the plot written beside the "
-                          f"report; name the report {path.with_suffix('.json')}")
     return path
 
 
