@@ -100,12 +100,25 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
     teacher_ops = _teacher_ops(the_lut)
     teacher_pred = the_lut.predict(teacher_ops)
     predicted_budget = parse_budget(budget, teacher_pred)
-    limit = cands[0].arch.budget_ms or predicted_budget  # the search's limit (predicted ms)
+    searched = [Path(v) for v in (doc.get("luts") or {}).values() if isinstance(v, str)]
+    same_lut = not searched or any(_same_file(v, lut) for v in searched)
+    # the search's limit (predicted ms), when it was predicted by this LUT
+    limit = (cands[0].arch.budget_ms if same_lut else None) or predicted_budget
+    if not same_lut and log is not None:
+        log(f"note: the search used {', '.join(map(str, searched))}, not {lut}; a re-search "
+            f"starts from {predicted_budget:.4f} ms, the budget as {lut} predicts it")
     search_budget_ms = limit
     table_name = None
     k = int(k or doc.get("k") or len(cands))
     overlap = float(overlap or doc.get("overlap") or 0.7)
-    scores = scores or doc.get("scores")
+    scores = scores or _recorded_scores(doc.get("scores"), search)
+    if scores and rounds > 0:  # a scores file that cannot be searched fails before measuring
+        from lana.search.errors import SearchWarning
+        from lana.search.files import load_table
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SearchWarning)
+            load_table(scores, [lut])
 
     measured: list[dict[str, Any]] = []
     round_log: list[dict[str, Any]] = []
@@ -247,6 +260,24 @@ def _teacher_ops(lut: Any) -> list[str]:
                               f"lana-profile")
         ops.append(teacher[0])
     return ops
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _recorded_scores(recorded: Any, search: str | Path) -> Path | None:
+    """The scores file a search result names: as recorded (relative to where the search ran),
+    else the file of that name beside the search result (a run directory moved or read from
+    elsewhere)."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    path = Path(recorded)
+    beside = Path(search).parent / path.name
+    return beside if not path.is_file() and beside.is_file() else path
 
 
 def _search_again(scores: Any, lut: str | Path, limit_ms: float, k: int, overlap: float, *,

@@ -262,6 +262,40 @@ def test_verify_missing_search_is_one_line_error(tmp_path, tiny_device, capsys):
     assert code == 2 and "does not exist" in err and "\n" not in err
 
 
+def test_verify_finds_its_scores_checks_them_first_and_notes_another_lut(finished_run, tiny_device,
+                                                                          monkeypatch, tmp_path):
+    import shutil
+
+    from lana.errors import LanaError
+    from lana.verify import verify
+
+    out, _ = finished_run
+    calls = _fake_measurements(monkeypatch, lambda pred: 50.0)  # nothing passes: re-searches
+    # a search result read from elsewhere names its scores relative to where the search ran
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    doc = json.loads((out / "search.json").read_text())
+    doc["scores"] = "somewhere/else/scores.json"
+    (moved / "search.json").write_text(json.dumps(doc))
+    shutil.copy(out / "scores.json", moved / "scores.json")
+    with pytest.warns(Warning):
+        result = verify(moved / "search.json", out / "lut.json", tiny_device, "0.6x", rounds=1)
+    assert result["researched"] == 1
+    # a scores file that cannot be searched fails before anything is measured
+    calls.clear()
+    with pytest.raises(LanaError, match="does not exist"):
+        verify(out / "search.json", out / "lut.json", tiny_device, "0.6x",
+               scores=tmp_path / "nope.json")
+    assert calls == []
+    # a LUT other than the search's: its own prediction of the budget, with a note
+    other = tmp_path / "other.json"
+    shutil.copy(out / "lut.json", other)
+    lines = []
+    with pytest.warns(Warning):
+        verify(out / "search.json", other, tiny_device, "0.6x", rounds=1, log=lines.append)
+    assert lines[0].startswith("note: the search used") and str(other) in lines[0]
+
+
 def test_verify_secant_step_follows_a_non_proportional_error():
     from lana.verify import _next_limit
 
