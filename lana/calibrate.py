@@ -13,8 +13,9 @@ users read), a Huber-robust version of that (a disturbed measurement does not dr
 offset-only fit (slope 1; fewer parameters for few samples), and no correction at all (stored as
 offset 0, slope 1, so a LUT that needs none says so).  Per-family terms (a fixed
 ``ms`` per op of a family, for what an affine map cannot express) are fitted as well; they are
-stored only when they earn their keep by cross-validation *and* the installed LUT reader applies
-them (:func:`lut_applies_family_terms`).  The report gives the error before and after on the
+fitted only on enough networks (:data:`FAMILY_POINTS_PER_PARAM`) and stored only when they earn
+their keep by cross-validation *and* the installed LUT reader applies them
+(:func:`lut_applies_family_terms`).  The report gives the error before and after on the
 held-out architectures, which no fit has seen.
 """
 
@@ -42,6 +43,12 @@ if TYPE_CHECKING:
 
 # A richer fit must beat the best affine one's cross-validated error by this fraction to be chosen.
 EARN_KEEP = 0.10
+# Fitted networks per parameter the per-family model needs to be fitted at all (an offset, a slope
+# and a term per family).  With fewer it nearly interpolates its points: the Huber scale (the MAD of
+# the residuals) collapses, and each cross-validation fold, fitted on 4/5 of the points, has about
+# two per parameter, so the CV error that must beat the affine fits by EARN_KEEP measures luck.
+# Three keeps every fold above two points per parameter.  Affine fits need 3 points (2 parameters).
+FAMILY_POINTS_PER_PARAM = 3
 CV_REPEATS = 3  # shuffles of the repeated K-fold cross-validation
 
 
@@ -106,7 +113,9 @@ class Fit:
     slope: float
     family_ms: Mapping[str, float] = field(default_factory=dict)  # ms per op of a family
     cv_error: float = math.nan  # cross-validated mean |relative error| on the fitting set
-    excluded: tuple[str, ...] = ()  # better-scoring models that predict no time for some network
+    # better-scoring models that predict no time for some network, or a slope <= 0
+    excluded: tuple[str, ...] = ()
+    skipped: Mapping[str, int] = field(default_factory=dict)  # model: points it needed, not fitted
 
     @property
     def n_params(self) -> int:
@@ -212,7 +221,8 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
                     keys: Sequence[Sequence[str]] | None = None, *,
                     candidates: Sequence[str] = FIT_NAMES, folds: int = 5, seed: int = 0,
                     allow_family_terms: bool = True,
-                    cheapest: tuple[float, Sequence[str]] | None = None
+                    cheapest: (tuple[float, Sequence[str]]
+                               | Callable[[Mapping[str, Any]], float] | None) = None
                     ) -> tuple[Fit, dict[str, float]]:
     """Fit every candidate model, pick by cross-validated error; returns (best, {name: cv error}).
 
@@ -220,10 +230,13 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
     K folds of the given points, all of them: a model whose errors gather at the ends of the
     latency range (an offset alone where the slope is not 1) must not hide them.  The ``families``
     model must beat the best affine one by :data:`EARN_KEEP` (relative) to be chosen.  ``keys``
-    (each network's op keys) enable the ``families`` model; ``allow_family_terms=False`` still
-    scores it but never picks it.  ``cheapest`` (the raw LUT sum and op keys of the cheapest
-    network the search may pick) rules out a model that predicts it takes no time at all: a
-    negative offset fitted on networks far from it, extrapolated (``none`` always qualifies).
+    (each network's op keys) enable the ``families`` model, fitted only on at least
+    :data:`FAMILY_POINTS_PER_PARAM` points per parameter (``Fit.skipped`` says when it was not);
+    ``allow_family_terms=False`` still scores it but never picks it.  ``cheapest`` (the raw LUT sum
+    and op keys of the cheapest network the search may pick, or a function giving a calibration's
+    lowest prediction, :meth:`lana.lut.Lut.lowest_prediction`) rules out a model that predicts it
+    takes no time at all: a negative offset fitted on networks far from it, extrapolated.  A model
+    with a slope <= 0 is ruled out too (``none`` always qualifies).
     """
     import numpy as np
 
@@ -248,6 +261,10 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
                           if len({_family_counts(ks, [f])[0] for ks in keys}) > 1)
         counts = np.array([_family_counts(ks, families) for ks in keys]) if families else None
     names = [c for c in candidates if c != "families" or counts is not None]
+    skipped: dict[str, int] = {}
+    if "families" in names and n < FAMILY_POINTS_PER_PARAM * (2 + len(families)):
+        skipped["families"] = FAMILY_POINTS_PER_PARAM * (2 + len(families))
+        names.remove("families")
     k = max(2, min(folds, n))
     splits = []
     for r in range(CV_REPEATS):  # repeated K-fold: one split's luck does not pick the model
@@ -272,9 +289,17 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
                 errors += list(np.abs(pred - y[test]) / y[test])
         cv[name] = float(np.mean(errors)) if errors else math.inf
 
+    def sound(fit: Fit) -> bool:
+        if not fit.slope > 0:
+            return False
+        if cheapest is None:
+            return True
+        if callable(cheapest):
+            return cheapest(fit.to_calibration()) > 0
+        return fit.predict(*cheapest) > 0
+
     # Each model fitted to all points predicts the cheapest network in time, or is ruled out.
-    sane = {c: cheapest is None or c == "none"
-            or _fit_one(c, raw, y, counts, families).predict(*cheapest) > 0 for c in names}
+    sane = {c: c == "none" or sound(_fit_one(c, raw, y, counts, families)) for c in names}
     simple = [c for c in names if c in ("none", "offset", "ols", "relative", "huber")
               and sane[c]] or ["none"]
     best_simple = min(simple, key=lambda c: cv.get(c, math.inf))
@@ -286,7 +311,7 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
     fit = _fit_one(best, raw, y, counts, families)
     excluded = tuple(c for c in names if not sane[c] and cv[c] < cv.get(best, math.inf))
     return Fit(fit.name, fit.offset_ms, fit.slope, fit.family_ms, cv.get(best, math.nan),
-               excluded), cv
+               excluded, skipped), cv
 
 
 def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -626,6 +651,7 @@ class CalibrationReport:
         return {
             "lut": self.lut, "device": self.device, "model": self.fit.name,
             "calibration": self.fit.to_calibration(), "cv_errors": dict(self.cv_errors),
+            "excluded": list(self.fit.excluded), "skipped": dict(self.fit.skipped),
             "held_out": {"before": dict(self.before), "after": dict(self.after)},
             "fit_set": {"before": dict(self.train_before), "after": dict(self.train_after)},
             "previous": self.previous, "previous_held_out": self.previous_held_out,
@@ -703,7 +729,13 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     supported = lut_applies_family_terms()
     order = sorted(range(len(archs)), key=lambda j: raws[j])
     cheapest_ops = [min(ops, key=lut.latency) for ops in layer_choices(lut, keys)]
-    cheapest = (lut.predict_raw(cheapest_ops), cheapest_ops)
+    pool_cheapest = (lut.predict_raw(cheapest_ops), cheapest_ops)
+
+    def lowest(cal: Mapping[str, Any]) -> float:
+        # What Lut.predict checks: the cheapest network of every op the LUT's layers hold, which
+        # may be cheaper than the pool's (a full-pool LUT calibrated on its small pool).
+        low = lut.lowest_prediction(cal)
+        return apply_calibration(cal, *pool_cheapest) if low is None else low
 
     def evaluate(reduce_by: str, drift: bool):
         measured = combine_repeats(runs, reduce_by, drift)
@@ -713,7 +745,7 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
         train = [p for p in points if not p.held_out]
         fit, cv = fit_calibration([p.raw_ms for p in train], [p.measured_ms for p in train],
                                   [p.ops for p in train], candidates=candidates, seed=seed,
-                                  allow_family_terms=supported, cheapest=cheapest)
+                                  allow_family_terms=supported, cheapest=lowest)
         return points, train, [p for p in points if p.held_out], fit, cv
 
     def stats(points: Sequence[Point], f: Callable[[Point], float]) -> dict[str, float]:
@@ -733,8 +765,8 @@ def calibrate(lut_path: str | Path, device: str, *, teacher: str | None = None,
     after = stats(test, lambda p: fit.predict(p.raw_ms, p.ops))
     calibration = {
         **fit.to_calibration(), "model": fit.name, "cv_error": fit.cv_error,
-        "cv_errors": cv, "excluded": list(fit.excluded), "n_fit": len(train),
-        "n_held_out": len(test), "repeats": repeats, "pool": pool,
+        "cv_errors": cv, "excluded": list(fit.excluded), "skipped": dict(fit.skipped),
+        "n_fit": len(train), "n_held_out": len(test), "repeats": repeats, "pool": pool,
         "drift_correction": drift_correction, "statistic": statistic,
         "held_out": {"before": before, "after": after},
         "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -773,7 +805,8 @@ def plot_report(report: CalibrationReport, path: str | Path) -> Path:
     return plot_predicted_vs_measured(raw, path, calibrated=cal, title=title)
 
 
-__all__ = ["AFFINE_FITS", "CalibrationError", "CalibrationReport", "EARN_KEEP", "FIT_NAMES", "Fit",
-           "Point", "TooFewArchitectures", "apply_calibration", "calibrate", "error_stats",
-           "fit_calibration", "fit_model", "layer_choices", "lut_applies_family_terms",
-           "measure_architectures", "plot_report", "sample_architectures", "split_held_out"]
+__all__ = ["AFFINE_FITS", "CalibrationError", "CalibrationReport", "EARN_KEEP",
+           "FAMILY_POINTS_PER_PARAM", "FIT_NAMES", "Fit", "Point", "TooFewArchitectures",
+           "apply_calibration", "calibrate", "error_stats", "fit_calibration", "fit_model",
+           "layer_choices", "lut_applies_family_terms", "measure_architectures", "plot_report",
+           "sample_architectures", "split_held_out"]

@@ -146,6 +146,7 @@ class Lut:
         self.data = data
         self.path = path
         self._layers_checked: tuple[Any, str | None] | None = None  # (layers value, problem)
+        self._calibration_checked: tuple[Any, str | None] | None = None  # (calibration, problem)
 
     # ----------------------------------------------------------------------------------- creation
     @classmethod
@@ -370,6 +371,65 @@ class Lut:
     def calibration(self) -> dict[str, Any] | None:
         return self.data["calibration"]
 
+    def lowest_prediction(self, calibration: Mapping[str, Any] | None = None) -> float | None:
+        """The lowest prediction (ms) of any network this LUT's layers allow, under ``calibration``
+        (default: the LUT's own, if any): ``fixed`` plus, per layer, the measured op whose
+        calibrated cost (``slope * latency``, plus its family's term) is lowest.  Every term is per
+        op, so this is exact, and no higher than the teacher's prediction (its ops are among the
+        layers').  None when the LUT cannot tell: no or damaged layers, a layer with no measured
+        op, no ``fixed`` latency.
+        """
+        cal = (self.calibration if calibration is None else calibration) or {}
+        fixed = self.data["fixed"]
+        if (not self.data["layers"] or self._check_layers() is not None
+                or not isinstance(fixed, dict) or "median" not in fixed):
+            return None
+        slope = float(cal.get("slope", 1.0))
+        terms = {str(f): float(v) for f, v in (cal.get("family_ms") or {}).items()}
+        most_negative = min([0.0, *terms.values()])
+        total = float(cal.get("offset_ms", 0.0)) + slope * float(fixed["median"])
+        for layer in self.data["layers"]:
+            costs = sorted((slope * float(self.entries[k]["median"]), k)
+                           for k in layer["ops"] if self.has(k))
+            if not costs:
+                return None
+            best = math.inf
+            for cost, key in costs:
+                if cost + most_negative >= best:
+                    break  # no family term brings this op or a dearer one below the best
+                best = min(best, cost + terms.get(_family(key), 0.0) if terms else cost)
+            total += best
+        return total
+
+    def _calibration_problem(self) -> str | None:
+        """What makes the calibration predict nonsense (None: nothing), checked once per value it
+        holds: a slope that is not positive, or a prediction of no time for the cheapest network
+        the layers allow.  Raised by :meth:`predict`, on use: ``lana lut calibrate`` must still
+        open the LUT to re-fit it."""
+        cal = self.data["calibration"]
+        if self._calibration_checked is None or self._calibration_checked[0] is not cal:
+            problem = None
+            if cal is not None and not float(cal["slope"]) > 0:
+                problem = (f"its calibration has slope {float(cal['slope']):g}; a calibrated "
+                           f"latency must grow with the LUT sum (slope > 0)")
+            elif cal is not None:
+                low = self.lowest_prediction(cal)
+                if low is not None and not low > 0:
+                    problem = (f"its calibration predicts {low:.4g} ms for the cheapest network "
+                               f"its layers allow; a latency must be positive")
+            self._calibration_checked = (cal, problem)
+        return self._calibration_checked[1]
+
+    def _calibration_advice(self) -> str:
+        """How to replace a calibration that predicts nonsense."""
+        parts = ["lana", "lut", "calibrate", "--lut", str(self.path or "LUT.json"),
+                 "--device", self.device_arg]
+        pool = (self.calibration or {}).get("pool")
+        if isinstance(pool, str):
+            parts += ["--pool", pool]
+        return (f"re-fit it with {' '.join(shlex.quote(p) for p in parts)}, or delete the LUT's "
+                f"\"calibration\" field to use the raw LUT sum")
+
     @property
     def fixed(self) -> dict[str, Any] | None:
         return self.data["fixed"]
@@ -413,17 +473,26 @@ class Lut:
         """Predicted network latency (ms): :meth:`predict_raw`, calibrated when the LUT has one.
 
         The calibration is ``offset_ms + slope * raw``, plus ``family_ms[family]`` for every op of
-        a family listed there (an optional per-family correction, e.g. for launch overhead).
+        a family listed there (an optional per-family correction, e.g. for launch overhead).  A
+        calibration that predicts a non-positive latency (for this network, or for the cheapest one
+        the layers allow) raises :class:`LutError`.
         """
         keys = list(keys)
         raw = self.predict_raw(keys)
         cal = self.calibration
         if cal is None:
             return raw
+        problem = self._calibration_problem()
+        if problem is not None:
+            raise LutError(f"{self._where()}: {problem}; {self._calibration_advice()}")
         out = float(cal["offset_ms"]) + float(cal["slope"]) * raw
         terms = cal.get("family_ms") or {}
         if terms:
             out += sum(float(terms.get(_family(k), 0.0)) for k in keys)
+        if not out > 0:  # a network outside the layers, or a LUT without them
+            raise LutError(f"{self._where()}: its calibration predicts {out:.4g} ms for a network "
+                           f"whose LUT sum is {raw:.4g} ms; a latency must be positive; "
+                           f"{self._calibration_advice()}")
         return out
 
     def missing(self, keys: Iterable[str]) -> list[str]:

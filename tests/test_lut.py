@@ -526,3 +526,80 @@ def test_fix_commands_keep_the_shard_and_input_shape_a_lut_was_profiled_with():
                   ops_fingerprint="x", layers=[], command=command, shard="2/3")
     assert "--input-shape 3,45,45 --shard 2/3" in command
     assert "--input-shape 3,45,45 --shard 2/3" in lut.command(resume=True)
+
+
+def test_a_calibration_that_predicts_no_time_is_refused_on_use(tmp_path):
+    # make_lut's cheapest network: fixed 0.5 + identity 0.01 in both layers = 0.52 ms
+    lut = make_lut()
+    path = tmp_path / "c.json"
+    cases = [({"offset_ms": -5.0, "slope": 1.0}, "predicts -4.48 ms for the cheapest network"),
+             ({"offset_ms": 0.0, "slope": -1.0}, "slope -1; .*slope > 0"),
+             ({"offset_ms": 0.1, "slope": 0.0}, "slope 0; "),
+             ({"offset_ms": 0.0, "slope": 1.0, "family_ms": {"identity": -10.0}},
+              "predicts -19.48 ms"),
+             # an efn term makes the dearer efn op the cheapest of layer 0: 0.5 - 0.6 + 0.01
+             ({"offset_ms": 0.0, "slope": 1.0, "family_ms": {"efn": -1.6}}, "predicts -0.09 ms")]
+    for cal, problem in cases:
+        lut.data["calibration"] = {"kind": "affine", **cal, "pool": "small"}
+        loaded = Lut.load(lut.save(path))  # still opens: lana lut calibrate must re-fit it
+        assert loaded.calibration["offset_ms"] == cal["offset_ms"]
+        with pytest.raises(LutError, match=problem) as info:
+            loaded.predict([TEACHER, TEACHER])
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"LUT {path}: ")
+        assert (f"re-fit it with lana lut calibrate --lut {path} --device cpu-ort --pool small"
+                in message and 'delete the LUT\'s "calibration" field' in message)
+    # Negative per-family terms are fine as long as every network takes time.
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": 0.0, "slope": 1.0,
+                               "family_ms": {"efn": -1.2, "identity": -0.2}}
+    loaded = Lut.load(lut.save(path))
+    assert loaded.lowest_prediction() == pytest.approx(0.5 - 0.2 - 0.19)  # efn, then identity
+    assert loaded.predict([TEACHER, IDENTITY]) == pytest.approx(0.5 + 2.0 + 0.01 - 0.2)
+    assert loaded.lowest_prediction({"offset_ms": 0.0, "slope": 1.0}) == pytest.approx(0.52)
+
+
+def test_lowest_prediction_is_unknown_without_layers_and_predict_checks_each_network():
+    lut = make_lut(layers=[])
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": -1.0, "slope": 1.0}
+    assert lut.lowest_prediction() is None
+    assert lut.predict([TEACHER]) == pytest.approx(-1.0 + 2.5)
+    with pytest.raises(LutError, match="predicts -0.49 ms for a network whose LUT sum is 0.51 ms"):
+        lut.predict([IDENTITY])
+    # a layer with no measured op: its cheapest network is unknown, not refused
+    lut = make_lut(layers=[{"name": "blocks.0", "ops": [CB]}])
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": -1.0, "slope": 1.0}
+    assert lut.lowest_prediction() is None and lut.predict([TEACHER]) == pytest.approx(1.5)
+
+
+def test_the_calibration_check_runs_once_per_calibration(monkeypatch):
+    lut = make_lut()
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": -0.1, "slope": 0.9}
+    calls = []
+    real = Lut.lowest_prediction
+    monkeypatch.setattr(Lut, "lowest_prediction", lambda self, cal=None: calls.append(1)
+                        or real(self, cal))
+    for _ in range(3):
+        lut.predict([TEACHER, EFN])
+    assert len(calls) == 1
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": -5.0, "slope": 0.9}  # a new one
+    with pytest.raises(LutError, match="cheapest network"):
+        lut.predict([TEACHER, EFN])
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("name", ["cpu-ort/demo.json", "cpu-ort/efficientnet_b0.json",
+                                  "cpu-torch/demo.json"])
+def test_shipped_luts_predict_with_a_calibration_unless_it_predicts_no_time(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "luts" / name
+    lut = Lut.load(path, check_fingerprint=False)
+    assert lut.calibration is None
+    low = lut.lowest_prediction()
+    teacher = [next(k for k in layer["ops"] if k.startswith("teacher:")) for layer in lut.layers]
+    assert 0 < low < lut.predict_raw(teacher)
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": -low / 2, "slope": 1.0}
+    assert lut.predict(teacher) == pytest.approx(lut.predict_raw(teacher) - low / 2)
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": -2 * low, "slope": 1.0}
+    with pytest.raises(LutError, match=f"predicts {-low:.4g} ms for the cheapest network"):
+        lut.predict(teacher)

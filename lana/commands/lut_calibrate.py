@@ -6,6 +6,8 @@ drift of the machine's speed cancels), holds a third out, fits
 measured = offset + slope x LUT sum on the rest (several fits compete; the one with the lowest
 cross-validated error wins), writes it to the LUT's calibration field (atomic write) and reports
 the error before and after on the held-out architectures.  lana search and lana validate apply it.
+A fit with a term per op family competes too, given 3 measured networks per parameter;
+--no-family-terms keeps the fit affine, as lana run does (a search exploits those terms).
 
     lana lut calibrate --lut luts/cpu-ort/demo.json --device cpu-ort --teacher demo --samples 30
 
@@ -43,6 +45,9 @@ def register_into(lut_sub: argparse._SubParsersAction) -> None:
                         "has); calibrate for the pool you will search")
     p.add_argument("--no-drift-correction", action="store_true",
                    help="do not scale each measurement by the teacher measured next to it")
+    p.add_argument("--no-family-terms", action="store_true",
+                   help="fit affine calibrations only, no term per op family (what lana run "
+                        "does: a search exploits those terms)")
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="what an architecture's repeats reduce to (default median); min finds "
                         "the uncontended latency on a shared machine, with --no-drift-correction")
@@ -53,7 +58,7 @@ def register_into(lut_sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lana.calibrate import calibrate
+    from lana.calibrate import AFFINE_FITS, FIT_NAMES, calibrate
     from lana.commands.assemble import print_warnings
     from lana.errors import check_output_file
 
@@ -82,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                                holdout=args.holdout, repeats=args.repeats, seed=args.seed,
                                write=not args.dry_run, plot=args.plot,
                                drift_correction=not args.no_drift_correction, pool=args.pool,
-                               progress=progress, statistic=args.statistic)
+                               progress=progress, statistic=args.statistic,
+                               candidates=AFFINE_FITS if args.no_family_terms else FIT_NAMES)
         finally:
             if bar is not None:
                 bar.stop()
@@ -107,8 +113,12 @@ def _print_report(report, args: argparse.Namespace) -> None:
     console.print(f"cross-validated mean |error| of each fit: {cv}")
     if fit.excluded:
         console.print(f"[yellow]ruled out: {', '.join(fit.excluded)}, which predict that the "
-                      f"cheapest network of the pool takes no time (fitted on networks far from "
-                      f"it); measure more samples to fit across the range[/]")
+                      f"cheapest network of the LUT's layers takes no time (fitted on networks "
+                      f"far from it) or a latency falling as the LUT sum grows; measure more "
+                      f"samples to fit across the range[/]")
+    for name, needed in fit.skipped.items():
+        console.print(f"not fitted: {name}, whose parameters need {needed} networks in the fit "
+                      f"set, not {report.train_after['n']}; measure more --samples to fit it")
     if "families" in report.cv_errors and not report.family_terms_supported:
         console.print("per-family terms are not applied by this LUT reader; only affine fits "
                       "were eligible")

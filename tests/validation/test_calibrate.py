@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from lana.calibrate import (AFFINE_FITS, CalibrationError, apply_calibration, calibrate,
-                            combine_repeats, error_stats, fit_calibration, measure_architectures,
+from lana.calibrate import (AFFINE_FITS, FAMILY_POINTS_PER_PARAM, FIT_NAMES, CalibrationError,
+                            apply_calibration, calibrate, combine_repeats, error_stats,
+                            fit_calibration, lut_applies_family_terms, measure_architectures,
                             sample_architectures, split_held_out)
-from lana.lut import Lut
+from lana.lut import Lut, LutError
 from lana.spec import OpSpec
 
 FAMILIES = ("efn", "cb_stack", "identity", "teacher")
@@ -84,6 +85,48 @@ def test_a_fit_that_predicts_no_time_for_the_cheapest_network_is_not_chosen():
     assert cv[fit.name] >= cv[free.name]  # the better-scoring fits were ruled out, not lost
 
 
+def test_family_terms_need_enough_points_per_parameter():
+    # The distortion of the test above, which the families model fits best on 80 points: four
+    # families vary, so an offset, a slope and four terms need 3 x 6 = 18 points.
+    raw, measured, keys = synthetic(80, 1, offset=0.2, slope=0.9, identity_ms=-0.12, noise=0.003)
+    needed = FAMILY_POINTS_PER_PARAM * (2 + len(FAMILIES))
+    assert needed == 18
+    fit, cv = fit_calibration(raw[:needed - 1], measured[:needed - 1], keys[:needed - 1])
+    assert "families" not in cv and fit.name in AFFINE_FITS and not fit.family_ms
+    assert fit.skipped == {"families": needed}
+    fit, cv = fit_calibration(raw[:needed], measured[:needed], keys[:needed])
+    assert "families" in cv and not fit.skipped
+    # The audit's case: 4 points, many families; an offset, a slope and a term per family
+    # interpolated them before.
+    fit, cv = fit_calibration(raw[:4], measured[:4], keys[:4])
+    assert "families" not in cv and fit.skipped["families"] > 4
+
+
+def test_a_fit_whose_latency_falls_as_the_lut_sum_grows_is_not_chosen():
+    # Networks the LUT ranks slower measured faster (a disturbed run): least squares fits a
+    # negative slope, which predicts no time for the slowest networks.
+    raw = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    measured = [3.0, 2.6, 2.4, 2.0, 1.9, 1.5]
+    fit, cv = fit_calibration(raw, measured, candidates=AFFINE_FITS)
+    assert fit.slope > 0 and fit.name in ("none", "offset")
+    assert {"ols", "relative", "huber"} <= set(fit.excluded)
+    assert all(cv[c] < cv[fit.name] for c in fit.excluded)
+
+
+def test_a_lowest_prediction_function_rules_fits_out():
+    # What calibrate() passes: the LUT's own check of a calibration (Lut.lowest_prediction).
+    raw, measured, keys = synthetic(30, 3, offset=0.4, slope=0.8, noise=0.01)
+    seen = []
+
+    def lowest(cal):
+        seen.append(dict(cal))
+        return 1.0 if cal["offset_ms"] == 0 and cal["slope"] == 1 else -1.0
+
+    fit, cv = fit_calibration(raw, measured, keys, cheapest=lowest)
+    assert fit.name == "none" and cv["ols"] < cv["none"] and "ols" in fit.excluded
+    assert seen and all(c["kind"] == "affine" for c in seen)
+
+
 def test_fit_refuses_too_few_points():
     with pytest.raises(CalibrationError, match="at least 3"):
         fit_calibration([1.0, 2.0], [1.0, 2.0])
@@ -117,6 +160,7 @@ def test_calibrate_end_to_end_on_the_demo_pool(demo_lut, tiny_device, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     lut = Lut.load(demo_lut)  # the stored calibration passes the LUT reader's checks
     cal = lut.calibration
+    assert lut.lowest_prediction() > 0 and cal["skipped"] == dict(report.fit.skipped)
     assert cal["kind"] == "affine" and cal["model"] == report.fit.name
     assert cal["n_fit"] == 6 and cal["n_held_out"] == 3 and len(cal["points"]) == 9
     # The search's lut.predict applies what was stored.
@@ -141,6 +185,8 @@ def test_calibrate_command(demo_lut, tiny_device, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["written"] is False and Lut.load(demo_lut).calibration is None
     assert {"before", "after"} <= set(doc["held_out"]) and len(doc["points"]) == 8
+    # 5 fitted networks: too few for a term per op family
+    assert doc["skipped"]["families"] > 5 and "families" not in doc["cv_errors"]
 
     args = parser.parse_args(["calibrate", "--lut", str(demo_lut), "--device", "cpu-ort",
                               "--samples", "8"])
@@ -152,6 +198,52 @@ def test_calibrate_command(demo_lut, tiny_device, capsys):
                               "--teacher", "efficientnet_b0"])
     with pytest.raises(LanaError, match="not 'efficientnet_b0'"):
         args.func(args)
+
+
+def test_calibrate_command_without_family_terms(monkeypatch, capsys):
+    import lana.calibrate as calibrate_module
+    from lana.commands import lut_calibrate
+
+    parser = argparse.ArgumentParser()
+    lut_calibrate.register_into(parser.add_subparsers())
+    asked = []
+
+    def fake(*args, candidates, **kwargs):
+        asked.append(tuple(candidates))
+        raise CalibrationError("stop here")
+
+    monkeypatch.setattr(calibrate_module, "calibrate", fake)
+    for flag, want in (([], FIT_NAMES), (["--no-family-terms"], AFFINE_FITS)):
+        args = parser.parse_args(["calibrate", "--lut", "l.json", "--device", "cpu-ort", *flag])
+        with pytest.raises(CalibrationError, match="stop here"):
+            args.func(args)
+        assert asked[-1] == tuple(want)
+    assert "families" in FIT_NAMES and "families" not in AFFINE_FITS
+
+
+def test_validate_refuses_a_calibration_that_predicts_no_time(demo_lut, tiny_device, capsys):
+    from lana.cli import main
+
+    lut = Lut.load(demo_lut)
+    lut.data["calibration"] = {"kind": "affine", "offset_ms": -5.0, "slope": 1.0}
+    lut.save()
+    arch = sample_architectures(lut, 2, seed=3)[-1]
+    with pytest.raises(LutError, match="for the cheapest network its layers allow"):
+        lut.predict(arch)
+    from lana.assemble import Architecture, write_arch
+
+    names = tuple(layer["name"] for layer in lut.layers)
+    write_arch(Architecture("demo", "small", arch, names), demo_lut.parent / "arch.json")
+    code = main(["validate", "--arch", str(demo_lut.parent / "arch.json"), "--device",
+                 tiny_device, "--lut", str(demo_lut), "--repeats", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: LUT {demo_lut}: its calibration predicts" in err
+    assert f"lana lut calibrate --lut {demo_lut}" in err
+    # lana lut calibrate opens it and replaces the calibration with one that predicts time.
+    calibrate(demo_lut, tiny_device, samples=6, repeats=1)
+    fixed = Lut.load(demo_lut)
+    assert fixed.calibration["offset_ms"] != -5.0 and fixed.predict(arch) > 0
+    assert lut_applies_family_terms()  # the check does not hide family terms from calibrate
 
 
 class _Timing:
