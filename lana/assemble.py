@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from lana.errors import LanaError, read_json_file
+from lana.errors import LanaError, read_json_file, refuse_other_kind
 from lana.spec import OpSpec, parse_key
 
 if TYPE_CHECKING:
@@ -139,6 +139,8 @@ def read_arch(path: str | Path, index: int | None = None) -> Architecture:
     data = read_json_file(path, ArchError, "architecture file",
                           missing=f"write one with lana search --out {path}",
                           invalid="re-run lana search")
+    refuse_other_kind(data, path, ("lana.search", "lana.arch", "lana.verify"),
+                      "an architecture file", "pass the --out of lana search or select", ArchError)
     found = _collect_archs(data)
     if not found:
         if isinstance(data, Mapping) and "schema" in data and "ops" in data:
@@ -492,9 +494,15 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
     if teacher is not None and teacher != arch.teacher:
         raise ArchError(f"the architecture is for teacher {arch.teacher!r}, not {teacher!r}; "
                         f"pass --teacher {arch.teacher} or an architecture searched for {teacher}")
-    if pretrain_dir is not None and not Path(pretrain_dir).is_dir():
-        raise ArchError(f"pretrain directory {pretrain_dir} does not exist; pass the --out "
-                        f"directory of lana pretrain, or leave --pretrain out for random weights")
+    if pretrain_dir is not None:
+        if not Path(pretrain_dir).is_dir():
+            what = "is a file" if Path(pretrain_dir).exists() else "does not exist"
+            raise ArchError(f"pretrain directory {pretrain_dir} {what}; pass the --out directory "
+                            f"of lana pretrain, or leave --pretrain out for random weights")
+        from lana.pretrain import read_manifest
+
+        read_manifest(pretrain_dir)  # a folder lana pretrain did not write is refused
+
     from lana.pretrain import recorded_header
     from lana.teachers import recorded_layout
 

@@ -120,7 +120,8 @@ def load_bench_model(model: str | Path | None = None, arch: str | Path | None = 
                          "JSON) and --arch")
     path = Path(model if model is not None else arch)  # type: ignore[arg-type]
     if not path.is_file():
-        raise BenchError(f"{path} does not exist; pass an ONNX file, a student.pt from lana "
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise BenchError(f"{path} {what}; pass an ONNX file, a student.pt from lana "
                          f"assemble, or an architecture file from lana search")
     suffix = path.suffix.lower()
     if arch is not None or suffix == ".json":

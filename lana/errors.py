@@ -18,6 +18,24 @@ class UnknownNameError(LanaError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+# What each lana file is, by the part of its ``schema`` before the version.
+KINDS = {"lana.lut": "a latency LUT", "lana.scores": "a scores file",
+         "lana.arch": "an architecture file", "lana.search": "a search result",
+         "lana.verify": "a verify result", "lana.bench": "a bench baseline",
+         "lana.pretrain": "a pretraining manifest", "lana.run": "a run's record",
+         "lana.student": "a student description"}
+
+
+def refuse_other_kind(data: Any, path: str | Path, accepted: Sequence[str], wanted: str,
+                      fix: str, error: type[LanaError] = LanaError) -> None:
+    """Refuse another lana file than one of the ``accepted`` kinds (``"lana.search"``, ...) by
+    what it is, before its contents are misread (a LUT's layers look like architectures)."""
+    schema = data.get("schema") if isinstance(data, dict) else None
+    kind = schema.partition("/")[0] if isinstance(schema, str) else None
+    if kind in KINDS and kind not in accepted:
+        raise error(f"{path} is {KINDS[kind]} ({schema}), not {wanted}; {fix}")
+
+
 def read_json_file(path: str | Path, error: type[LanaError], what: str, *, missing: str,
                    invalid: str) -> Any:
     """The parsed JSON of an input file; ``error`` with one line naming ``what`` the file is and

@@ -36,7 +36,7 @@ from lana.defaults import (
     SELECT_BATCH_SIZE as DEFAULT_BATCH_SIZE,
 )
 from lana.distributed import Split, iter_batches, place, place_module, resolve_device
-from lana.errors import LanaError, read_json_file
+from lana.errors import LanaError, read_json_file, refuse_other_kind
 
 if TYPE_CHECKING:
     from lana.assemble import Architecture
@@ -153,6 +153,9 @@ def architectures_in(doc: Any, path: str | Path, budget: str | float | None = No
     from lana.assemble import Architecture
 
     path = Path(path)
+    refuse_other_kind(doc, path, ("lana.search", "lana.arch", "lana.verify"),
+                      "a search result or an architecture file",
+                      "pass the --out of lana search, verify or select", SelectError)
     top = doc if isinstance(doc, Mapping) else {}
     found = list(_walk(doc, {}))
     if not found:

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"per process (default: {DEFAULT_BATCH_SIZE})")
     p.add_argument("--lr", type=positive, default=DEFAULT_LR,
                    help=f"AdamW peak (default: {DEFAULT_LR})")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+    p.add_argument("--temperature", type=positive, default=DEFAULT_TEMPERATURE,
                    help=f"distillation temperature (default: {DEFAULT_TEMPERATURE})")
     p.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT,
                    help=f"weight of the distillation term in [0, 1] (default: {DEFAULT_KD_WEIGHT})")

@@ -27,8 +27,8 @@ def _parse(text: str) -> tuple[float, bool]:
 def _split(text: str) -> tuple[float, str]:
     m = _NUMBER.match(text)
     if not m:
-        raise SearchError(f"budget {text!r} is not a number; write e.g. 12.5 (ms), 12.5ms, 5M "
-                          f"(parameters) or 0.5x (half the teacher)")
+        raise SearchError(f"budget {text!r} is not a number; write e.g. 12.5 or 12.5ms for a "
+                          f"latency, 5M for parameters or FLOPs, or 0.5x for half the teacher's")
     return float(m.group(1)), m.group(2).lower()
 
 
@@ -79,7 +79,8 @@ class Budget:
 
 
 def parse_budgets(text: str) -> list[str]:
-    """Split "0.3x,0.5x" and expand ranges "0.3x:0.7x:0.1x" (end included) into budget strings."""
+    """Split "0.3x,0.5x" and expand ranges "0.3x:0.7x:0.1x" into budget strings; the stop is
+    always included, also when the step does not land on it (0.5x:0.6x:0.3x: 0.5x and 0.6x)."""
     out: list[str] = []
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
@@ -92,15 +93,18 @@ def parse_budgets(text: str) -> list[str]:
         if len(pieces) != 3:
             raise SearchError(f"budget range {part!r} must be start:stop:step, e.g. 0.3x:0.7x:0.1x")
         (a, fa), (b, fb), (s, fs) = (_parse(p) for p in pieces)
+        if s <= 0 or b < a:
+            raise SearchError(f"budget range {part!r} needs start <= stop and a positive step")
         if not fa == fb == fs:
             raise SearchError(f"budget range {part!r} mixes fractions ('x') and absolute values; "
                               f"use one kind for start, stop and step")
-        if s <= 0 or b < a:
-            raise SearchError(f"budget range {part!r} needs start <= stop and a positive step")
         count = int(math.floor((b - a) / s + 1e-9)) + 1
         if count > 1000:
             raise SearchError(f"budget range {part!r} has {count} values; use a larger step")
-        out += [f"{a + i * s:.6g}{'x' if fa else ''}" for i in range(count)]
+        values = [a + i * s for i in range(count)]
+        if b - values[-1] > 1e-9 * max(1.0, abs(b)):  # a step that does not land on the stop
+            values.append(b)
+        out += [f"{v:.6g}{'x' if fa else ''}" for v in values]
     if not out:
         raise SearchError(f"no budget in {text!r}; write e.g. 0.5x or 0.3x:0.7x:0.1x")
     seen: dict[tuple[float, bool], str] = {}

@@ -24,6 +24,13 @@ def test_parse_budget_lists_and_ranges():
     assert parse_budgets("0.3x,0.5x") == ["0.3x", "0.5x"]
     assert parse_budgets("0.3x:0.7x:0.1x") == ["0.3x", "0.4x", "0.5x", "0.6x", "0.7x"]
     assert parse_budgets("10:12:1,20") == ["10", "11", "12", "20"]
+    # the stop is kept when the step does not land on it
+    assert parse_budgets("0.5x:0.6x:0.3x") == ["0.5x", "0.6x"]
+    assert parse_budgets("0.3x:0.7x:0.15x") == ["0.3x", "0.45x", "0.6x", "0.7x"]
+    with pytest.raises(SearchError, match="a positive step"):
+        parse_budgets("0.3x:0.7x:0")
+    with pytest.raises(SearchError, match="12.5ms for a latency, 5M for parameters"):
+        parse_budgets("abc")
     for bad in ("fast", "0.3x:0.7:0.1x", "0.7x:0.3x:0.1x", "1:2", "", "0.5x,0.50x", "10,10ms"):
         with pytest.raises(SearchError):
             parse_budgets(bad)

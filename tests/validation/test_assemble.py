@@ -159,7 +159,14 @@ def test_cli_reports_bad_input_and_missing_weights(demo_pool, tmp_path, capsys):
     assert "lana search" in capsys.readouterr().err
 
     write_arch(arch, tmp_path / "arch.json")
-    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre").mkdir()  # a folder lana pretrain did not write
+    assert main(["assemble", "--arch", str(tmp_path / "arch.json"), "--pretrain",
+                 str(tmp_path / "pre"), "--out", str(tmp_path / "o"), "--no-onnx"]) == 2
+    assert "is not a pretraining directory" in capsys.readouterr().err
+    from lana.pretrain import MANIFEST, SCHEMA
+
+    (tmp_path / "pre" / MANIFEST).write_text(json.dumps(  # a pretraining without these ops
+        {"schema": SCHEMA, "teacher": arch.teacher, "pool": arch.pool, "layers": []}))
     assert main(["assemble", "--arch", str(tmp_path / "arch.json"), "--pretrain",
                  str(tmp_path / "pre"), "--out", str(tmp_path / "o"), "--no-onnx", "--json"]) == 0
     captured = capsys.readouterr()
