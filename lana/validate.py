@@ -4,8 +4,9 @@ A LUT predicts a network as the sum of its parts, but runtimes are not additive 
 caches, fusion across layer boundaries).  :func:`validate` builds the network an architecture file
 describes, measures it end to end through exactly the path the LUT entries were measured with
 (``lana.ops.deploy``, ONNX export when the backend takes ONNX, the ``profilers`` backend with the
-LUT's thread count and protocol), and reports predicted (raw and calibrated) against measured, and
-whether a latency budget holds in reality.
+LUT's thread count and protocol), the teacher in alternation with it in the same session, and
+reports predicted (raw and calibrated) against measured, the measured speed-up, and whether a
+latency budget holds in reality (a relative one, ``0.5x``, taken of the teacher measured there).
 
 :class:`NetworkSession` is that measuring path for whole networks; calibration (``lana.calibrate``)
 and ``lana bench`` use it too, so every end-to-end figure in the toolkit is taken the same way.
@@ -241,20 +242,21 @@ def is_relative_budget(text: str | float | None) -> bool:
 
 
 def parse_budget(text: str | float | None, teacher_ms: float | None = None) -> float | None:
-    """``"4.2"``/``"4.2ms"`` -> 4.2 ms; ``"0.5x"`` -> half of ``teacher_ms`` (the LUT-predicted
-    teacher); ``None`` -> ``None``."""
+    """``"4.2"``/``"4.2ms"`` -> 4.2 ms; ``"0.5x"`` -> half of ``teacher_ms`` (the teacher's latency
+    the caller goes by: measured beside the network, or LUT-predicted); ``None`` -> ``None``."""
     if text is None:
         return None
     if isinstance(text, (int, float)):
         value, relative = float(text), False
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(x|ms)?\s*", str(text))
+        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(x|ms)?\s*", str(text))
         if not m:
             raise ValidationError(f"budget {text!r} is neither milliseconds (e.g. 4.2) nor a "
                                   f"fraction of the teacher (e.g. 0.5x)")
         value, relative = float(m[1]), m[2] == "x"
     if not math.isfinite(value) or value <= 0:
-        raise ValidationError(f"budget must be positive, got {text!r}")
+        raise ValidationError(f"budget must be positive: milliseconds (e.g. 4.2) or a fraction of "
+                              f"the teacher (e.g. 0.5x), got {text!r}")
     if relative:
         if teacher_ms is None:
             raise ValidationError(f"budget {text!r} is relative to the teacher, whose latency is "
@@ -263,13 +265,50 @@ def parse_budget(text: str | float | None, teacher_ms: float | None = None) -> f
     return value
 
 
+# Two predictions of one network by the same LUT agree to rounding; one LUT against another (or the
+# same LUT re-calibrated) differs by far more.
+SAME_PREDICTION = 1e-3
+
+
+def architecture_budget(arch: "Architecture", lut: "Lut", device: str
+                        ) -> tuple[float | None, str | None]:
+    """The architecture file's ``budget_ms`` when it is this LUT's (``None`` otherwise), and a line
+    saying why it was left aside (``None`` when it applies or there is none).
+
+    ``budget_ms`` is the predicted limit the search ran under, in the terms of the one LUT the
+    search's ``predicted_ms`` names: it applies only when that is a LUT of ``device`` (a preset
+    name) predicting this network as this LUT does.  A budget searched on another device, with
+    another LUT of this device, or with several LUTs (the file does not say whose it is) would
+    judge the network against a number that was never about this device.
+    """
+    if arch.budget_ms is None:
+        return None, None
+    given = f"the architecture file's budget_ms ({arch.budget_ms:.4g} ms)"
+    fix = "no budget is checked; pass --budget to check one"
+    tables = list(arch.predicted_ms)
+    if not tables:
+        return None, (f"{given} does not say which LUT it was searched with (no predicted_ms); "
+                      f"{fix}")
+    if len(tables) > 1:
+        return None, (f"{given} comes from a search over several LUTs ({', '.join(tables)}) and "
+                      f"does not say whose it is; {fix}")
+    if tables[0] != device:
+        return None, f"{given} was searched on device {tables[0]}, not {device}; {fix}"
+    recorded, here = float(arch.predicted_ms[tables[0]]), lut.predict(arch.ops)
+    if not math.isclose(recorded, here, rel_tol=SAME_PREDICTION):
+        return None, (f"{given} was searched with another LUT of {device} (it predicted this "
+                      f"network at {recorded:.4g} ms, LUT {lut.path} at {here:.4g} ms); {fix}")
+    return arch.budget_ms, None
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 
 
 @dataclass(frozen=True)
 class Validation:
-    """Predicted against measured latency of one network on one device (milliseconds)."""
+    """Predicted against measured latency of one network on one device (milliseconds), the
+    teacher measured beside it in the same session."""
 
     teacher: str  # teacher name
     device: str  # preset name
@@ -282,12 +321,17 @@ class Validation:
     measured_p90_ms: float
     measured_n: int  # timed iterations behind the median
     noisy: bool  # the measurement stayed above the protocol's noise threshold
-    teacher_predicted_ms: float  # lut.predict of the teacher itself (what "0.5x" refers to)
-    budget_ms: float | None  # the budget checked, if any
+    teacher_predicted_ms: float  # lut.predict of the teacher itself (NaN when the LUT lacks it)
+    budget_ms: float | None  # the budget checked against measured_ms, if any
     budget_source: str | None  # where the budget came from
     tolerance: float  # measured may exceed the budget by this fraction before it fails
     weights: str  # "random" or the student file measured
     calibrated: bool  # the LUT has a calibration
+    # The teacher measured in alternation with the network, in the same session (NaN: not measured)
+    teacher_measured_ms: float = math.nan
+    teacher_noisy: bool = False
+    budget_relative: bool = False  # budget_ms is a fraction of teacher_measured_ms
+    budget_note: str | None = None  # why the architecture file's budget was not checked
 
     @property
     def rel_error(self) -> float:
@@ -297,6 +341,17 @@ class Validation:
     @property
     def rel_error_raw(self) -> float:
         return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def speedup(self) -> float:
+        """Measured teacher / measured network, both from the same session (NaN without the
+        teacher's measurement)."""
+        return self.teacher_measured_ms / self.measured_ms
+
+    @property
+    def predicted_speedup(self) -> float:
+        """The LUT's (calibrated) teacher / network: what the search believed."""
+        return self.teacher_predicted_ms / self.predicted_calibrated_ms
 
     @property
     def within_budget(self) -> bool | None:
@@ -309,6 +364,9 @@ class Validation:
         return self.budget_ms is None or self.measured_ms <= self.budget_ms * (1 + self.tolerance)
 
     def to_dict(self) -> dict[str, Any]:
+        def number(value: float) -> float | None:
+            return None if math.isnan(value) else value
+
         return {
             "predicted_ms": self.predicted_ms,
             "predicted_calibrated_ms": self.predicted_calibrated_ms,
@@ -318,9 +376,12 @@ class Validation:
             "rel_error_raw": self.rel_error_raw, "calibrated": self.calibrated,
             "measured_p10_ms": self.measured_p10_ms, "measured_p90_ms": self.measured_p90_ms,
             "measured_n": self.measured_n, "noisy": self.noisy,
-            "teacher_predicted_ms": (None if math.isnan(self.teacher_predicted_ms)
-                                     else self.teacher_predicted_ms),
-            "budget_source": self.budget_source,
+            "teacher_measured_ms": number(self.teacher_measured_ms),
+            "teacher_noisy": self.teacher_noisy,
+            "teacher_predicted_ms": number(self.teacher_predicted_ms),
+            "speedup": number(self.speedup), "predicted_speedup": number(self.predicted_speedup),
+            "budget_source": self.budget_source, "budget_relative": self.budget_relative,
+            "budget_note": self.budget_note,
             "teacher": self.teacher, "device": self.device, "lut": self.lut,
             "weights": self.weights, "ops": list(self.ops),
         }
@@ -337,20 +398,35 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
              weights: str | Path | None = None, index: int | None = None,
              selector: str | None = None, input_shape: Any = None, repeats: int = 3,
              protocol: "Protocol | None" = None) -> Validation:
-    """Measure the network of ``arch`` end to end on ``device`` and compare with ``lut``.
+    """Measure the network of ``arch`` end to end on ``device``, the teacher in alternation with it
+    in the same session, and compare with ``lut``.
 
-    ``budget`` is milliseconds or ``"<f>x"`` (a fraction of the LUT-predicted teacher); without it
-    the architecture's ``budget_ms`` is checked, if any.  ``weights`` is a ``student.pt``; when it
-    is missing the network is measured with random weights (latency does not depend on them) and a
-    warning says so.  ``protocol`` overrides the LUT's (tests); ``repeats`` (3, as the command)
-    measures several times and keeps the median repeat.
+    ``budget`` is milliseconds, checked against the measured network, or ``"<f>x"``: a fraction of
+    the teacher measured beside it (as ``lana run`` and ``lana verify`` take it, so a machine
+    running faster or slower as a whole than when the LUT was profiled cannot decide it).  Without
+    it the architecture file's ``budget_ms`` is checked when it was searched with this LUT
+    (:func:`architecture_budget`; otherwise a warning says why none is checked).  ``weights`` is a
+    ``student.pt`` (refused when missing); without it the network is measured with random weights
+    (latency does not depend on them).  ``protocol`` overrides the LUT's (tests); ``repeats`` (3,
+    as the command) alternates teacher and network that many times and keeps each one's median
+    repeat (:func:`robust_pick`).
     """
     from lana.assemble import (Architecture, build_student, check_arch, load_student, read_arch,
                                teacher_architecture)
+    from lana.bench import interleaved
     from lana.teachers import create_teacher, recorded_layout
 
     if not 0 <= tolerance < 10:
         raise ValidationError(f"--tolerance is a fraction (0.05 = 5 %), got {tolerance}")
+    if repeats < 1:
+        raise ValidationError(f"--repeats must be at least 1 (alternating measurements of the "
+                              f"network and the teacher), not {repeats}")
+    if weights is not None and not Path(weights).is_file():
+        what = "is not a file" if Path(weights).exists() else "does not exist"
+        raise ValidationError(f"weights file {weights} {what}; pass the student.pt that lana "
+                              f"assemble or lana finetune wrote, or leave out --weights to measure "
+                              f"random weights (latency does not depend on them)")
+    parse_budget(budget, 1.0)  # refuse a malformed budget before any work
     if not isinstance(arch, Architecture):
         arch = read_arch(arch, index)
     lut_obj, preset = open_lut(lut, device, teacher=arch.teacher)
@@ -365,40 +441,49 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     raw, calibrated = predicted(lut_obj, arch.ops)
     teacher_keys = teacher_architecture(teacher).ops
     teacher_ms = lut_obj.predict(teacher_keys) if all(lut_obj.has(k) for k in teacher_keys) else None
-    if budget is not None:
-        budget_ms = parse_budget(budget, teacher_ms)
-        source = f"--budget {budget}"
-    else:
-        budget_ms, source = arch.budget_ms, ("architecture file" if arch.budget_ms else None)
+    note = None
+    if budget is None:
+        budget_ms, note = architecture_budget(arch, lut_obj, preset.name)
+        if note is not None:
+            warnings.warn(note, stacklevel=2)
 
     model = None
     used = "random"
     if weights is not None:
-        if Path(weights).is_file():
-            model = load_student(weights)
-            saved = [str(k) for k in read_student_ops(weights)]
-            if saved != list(arch.ops):
-                raise ValidationError(f"{weights} holds another architecture than the one given; "
-                                      f"pass the student.pt assembled from it")
-            used = str(weights)
-        else:
-            warnings.warn(f"weights file {weights} does not exist; measuring with random weights "
-                          f"(latency does not depend on them)", stacklevel=2)
-    if model is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        model = load_student(weights)
+        saved = [str(k) for k in read_student_ops(weights)]
+        if saved != list(arch.ops):
+            raise ValidationError(f"{weights} holds another architecture than the one given; "
+                                  f"pass the student.pt assembled from it")
+        used = str(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if model is None:
             model, _ = build_student(arch, teacher, check=False)
+        # The teacher as verify and calibration measure it: every layer the teacher's op.
+        teacher_model, _ = build_student(teacher_architecture(teacher, arch.pool), teacher,
+                                         check=False)
     config = lut_backend_config(lut_obj, preset)
-    m = measure_network(model, (preset.batch_size, *teacher.input_shape), preset, config=config,
-                        protocol=protocol or lut_protocol(lut_obj), repeats=repeats,
-                        label=f"student of {arch.teacher}")
+    shape = (preset.batch_size, *teacher.input_shape)
+    runs, teacher_runs, _ = interleaved(
+        model, shape, teacher_model, shape, preset, repeats=repeats,
+        protocol=protocol or lut_protocol(lut_obj), config=config,
+        labels=(f"the student of {arch.teacher}", f"teacher {arch.teacher}"))
+    m, t = robust_pick(runs), robust_pick(teacher_runs)
+    relative = is_relative_budget(budget)
+    if budget is not None:
+        budget_ms = parse_budget(budget, t.median)
+        source = f"--budget {budget}"
+    else:
+        source = "architecture file" if budget_ms is not None else None
     return Validation(
         teacher=arch.teacher, device=preset.name, lut=str(lut), ops=tuple(arch.ops),
         predicted_ms=raw, predicted_calibrated_ms=calibrated, measured_ms=m.median,
         measured_p10_ms=m.p10, measured_p90_ms=m.p90, measured_n=m.n, noisy=m.noisy,
         teacher_predicted_ms=teacher_ms if teacher_ms is not None else math.nan,
         budget_ms=budget_ms, budget_source=source, tolerance=float(tolerance), weights=used,
-        calibrated=lut_obj.calibration is not None)
+        calibrated=lut_obj.calibration is not None, teacher_measured_ms=t.median,
+        teacher_noisy=t.noisy, budget_relative=relative, budget_note=note)
 
 
 def read_student_ops(path: str | Path) -> list[str]:
@@ -454,7 +539,8 @@ def plot_predicted_vs_measured(points: Sequence[tuple[float, float]], path: str 
     return path
 
 
-__all__ = ["NetworkSession", "Validation", "ValidationError", "check_lut_layers",
+__all__ = ["NetworkSession", "Validation", "ValidationError", "architecture_budget",
+           "check_lut_layers",
            "lut_backend_config", "lut_protocol",
            "measure_network", "network_protocol", "open_lut", "parse_budget", "robust_pick", "plot_predicted_vs_measured",
            "predicted", "resolve_device", "validate"]

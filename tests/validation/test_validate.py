@@ -51,9 +51,13 @@ def test_json_fields_and_exit_code_on_a_budget_miss(arch_file, demo_lut, tiny_de
     code, doc, _ = run_json(capsys, base + ["--budget", "1000"])
     assert code == 0 and doc["within_budget"] is True
 
-    # A budget relative to the teacher: 0.5x of the LUT-predicted teacher.
+    # A budget relative to the teacher: 0.5x of the teacher measured beside the network.
     code, doc, _ = run_json(capsys, base + ["--budget", "0.5x"])
-    assert doc["budget_ms"] == pytest.approx(0.5 * doc["teacher_predicted_ms"])
+    assert doc["teacher_measured_ms"] > 0 and doc["budget_relative"] is True
+    assert doc["budget_ms"] == pytest.approx(0.5 * doc["teacher_measured_ms"])
+    assert doc["speedup"] == pytest.approx(doc["teacher_measured_ms"] / doc["measured_ms"])
+    assert doc["predicted_speedup"] == pytest.approx(
+        doc["teacher_predicted_ms"] / doc["predicted_calibrated_ms"])
     assert code == (0 if doc["measured_ms"] <= doc["budget_ms"] * 1.05 else 1)
 
     # No budget anywhere: nothing to fail.
@@ -61,12 +65,22 @@ def test_json_fields_and_exit_code_on_a_budget_miss(arch_file, demo_lut, tiny_de
     assert code == 0 and doc["budget_ms"] is None and doc["within_budget"] is None
 
 
-def test_budget_from_the_architecture_file_and_tolerance(arch_file, demo_lut, tiny_device):
+def searched_with(arch_file, predicted_ms, budget_ms=1e-4):
+    """Record in ``arch_file`` the search's budget and per-LUT predictions, as lana search does."""
     data = json.loads(arch_file.read_text())
-    data["budget_ms"] = 1e-4
+    data["budget_ms"] = budget_ms
+    data["predicted_ms"] = predicted_ms
     arch_file.write_text(json.dumps(data))
-    result = validate(arch_file, tiny_device, demo_lut, repeats=1)
+
+
+def test_budget_from_the_architecture_file_and_tolerance(arch_file, demo_lut, tiny_device):
+    lut = Lut.load(demo_lut)
+    searched_with(arch_file, {lut.preset: lut.predict(json.loads(arch_file.read_text())["ops"])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # this LUT's budget: applied without a word
+        result = validate(arch_file, tiny_device, demo_lut, repeats=1)
     assert result.budget_ms == 1e-4 and result.budget_source == "architecture file"
+    assert not result.budget_relative and result.budget_note is None
     assert not result.passed
     # Within tolerance: measured just above the budget passes, but is not "within" it.
     lenient = validate(arch_file, tiny_device, demo_lut, repeats=1, budget=result.measured_ms / 2,
@@ -85,12 +99,23 @@ def test_calibration_is_applied_to_the_prediction(arch_file, demo_lut, tiny_devi
                         (r.predicted_ms - r.measured_ms) / r.measured_ms)
 
 
-def test_missing_weights_file_still_validates(arch_file, demo_lut, tiny_device, tmp_path, capsys):
-    code, doc, err = run_json(capsys, ["validate", "--arch", str(arch_file), "--device",
-                                       tiny_device, "--lut", str(demo_lut), "--json", "--repeats",
-                                       "1", "--weights", str(tmp_path / "nope.pt")])
-    assert code == 0 and doc["weights"] == "random" and doc["measured_ms"] > 0
-    assert "does not exist" in err and "random weights" in err
+def test_missing_weights_file_is_refused_before_any_work(arch_file, demo_lut, tiny_device,
+                                                         tmp_path, capsys, monkeypatch):
+    import lana.validate
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the LUT was opened before the weights were checked")
+
+    monkeypatch.setattr(lana.validate, "open_lut", no_work)
+    code = main(["validate", "--arch", str(arch_file), "--device", tiny_device, "--lut",
+                 str(demo_lut), "--json", "--repeats", "1", "--weights",
+                 str(tmp_path / "bad" / "nope.pt")])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == "" and out.err.count("\n") == 1
+    assert out.err.startswith("error: weights file ") and "nope.pt does not exist" in out.err
+    assert "--weights" in out.err
+    with pytest.raises(ValidationError, match="is not a file"):
+        validate(arch_file, tiny_device, demo_lut, weights=tmp_path)
 
 
 def test_assembled_weights_are_measured(arch_file, demo_lut, tiny_device, tmp_path):
@@ -141,6 +166,41 @@ def test_parse_budget(text, teacher, expected):
 def test_parse_budget_refuses(text):
     with pytest.raises(ValidationError):
         parse_budget(text, None)
+
+
+@pytest.mark.parametrize("text", ["-1", "-0.5x", "-2ms", "0", "0x"])
+def test_a_budget_not_above_zero_is_called_that(text):
+    with pytest.raises(ValidationError, match="budget must be positive"):
+        parse_budget(text, 1.0)
+
+
+@pytest.mark.parametrize("argv", [["--budget", "-1"], ["--budget=-0.5x"]])
+def test_negative_budget_on_the_command_line(arch_file, demo_lut, tiny_device, capsys, argv):
+    code = main(["validate", "--arch", str(arch_file), "--device", tiny_device, "--lut",
+                 str(demo_lut), "--repeats", "1", *argv])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == "" and out.err.count("\n") == 1
+    assert out.err.startswith("error: budget must be positive") and "0.5x" in out.err
+
+
+@pytest.mark.parametrize("repeats", ["0", "-1", "two"])
+def test_repeats_below_one_are_refused_at_parse_time(arch_file, demo_lut, tiny_device, capsys,
+                                                      monkeypatch, repeats):
+    import lana.validate
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("validate ran")
+
+    monkeypatch.setattr(lana.validate, "validate", no_work)
+    with pytest.raises(SystemExit) as info:
+        main(["validate", "--arch", str(arch_file), "--device", tiny_device, "--lut",
+              str(demo_lut), "--repeats", repeats])
+    assert info.value.code == 2 and "--repeats" in capsys.readouterr().err
+
+
+def test_repeats_below_one_are_refused_by_the_api(arch_file, demo_lut, tiny_device):
+    with pytest.raises(ValidationError, match="--repeats must be at least 1"):
+        validate(arch_file, tiny_device, demo_lut, repeats=0)
 
 
 def test_a_network_that_fails_to_export_leaves_no_temporary_folder(tiny_device, tmp_path,
