@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from lana.errors import LanaError, read_json_file, refuse_other_kind
+from lana.errors import UPGRADE, LanaError, newer_schema, read_json_file, refuse_other_kind
 from lana.spec import OpSpec, parse_key
 
 if TYPE_CHECKING:
@@ -89,8 +89,9 @@ class Architecture:
             raise ArchError(f"{where} has schema {schema or 'none'!r}, expected {ARCH_SCHEMA!r}; "
                             f"pass a file written by lana search")
         if schema != ARCH_SCHEMA:
-            raise ArchError(f"{where} has schema {schema}, this lana reads {ARCH_SCHEMA}; "
-                            f"re-run lana search with this version")
+            fix = (UPGRADE if newer_schema(schema, ARCH_SCHEMA)
+                   else "re-run lana search with this version")
+            raise ArchError(f"{where} has schema {schema}, this lana reads {ARCH_SCHEMA}; {fix}")
         missing = [f for f in ("teacher", "ops") if f not in data]
         if missing:
             raise ArchError(f"{where} lacks {', '.join(missing)}; pass a file written by lana search")

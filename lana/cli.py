@@ -33,8 +33,16 @@ def _available_commands() -> list:
     return modules
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of lana (argparse
+    prints the whole usage first); the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lana", description="Latency-aware network acceleration: make a trained network N times "
         "faster on a given device with the least accuracy lost.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -26,6 +26,16 @@ KINDS = {"lana.lut": "a latency LUT", "lana.scores": "a scores file",
          "lana.student": "a student description"}
 
 
+def newer_schema(found: str, reads: str) -> bool:
+    """Whether ``found`` (a file's schema) is a later version of ``reads`` (this lana's)."""
+    kind, _, major = str(found).partition("/")
+    mine, _, my_major = reads.partition("/")
+    return kind == mine and major.isdigit() and my_major.isdigit() and int(major) > int(my_major)
+
+
+UPGRADE = "it was written by a newer lana: upgrade lana to read it"
+
+
 def refuse_other_kind(data: Any, path: str | Path, accepted: Sequence[str], wanted: str,
                       fix: str, error: type[LanaError] = LanaError) -> None:
     """Refuse another lana file than one of the ``accepted`` kinds (``"lana.search"``, ...) by

@@ -204,8 +204,11 @@ class Lut:
         if name != SCHEMA_NAME or not major.isdigit():
             raise LutError(f"{where} is not a LANA LUT (schema {schema!r}, expected {SCHEMA!r})")
         if int(major) != SCHEMA_MAJOR:
+            remake = (_remake_command(data["command"], Path(path))
+                      if isinstance(data.get("command"), str) and path is not None else None)
             action = ("upgrade lana to read it" if int(major) > SCHEMA_MAJOR else
-                      "re-profile it with lana-profile ... --force")
+                      f"re-profile it: {remake}" if remake else
+                      "re-profile it with the lana-profile command that made it and --force")
             raise LutError(f"{where} has schema {schema} but this lana reads {SCHEMA}; {action}")
         missing = [f for f in _REQUIRED if f not in data]
         if missing:
@@ -251,7 +254,7 @@ class Lut:
             got = entry.get("median") if isinstance(entry, dict) else entry
             raise LutError(f"{where}: entry {key!r} needs a non-negative 'median' (ms) or a "
                            f"'failed' reason, got {got!r}; delete that entry and re-measure it "
-                           f"with lana-profile ... --resume")
+                           f"with the LUT's lana-profile command and --resume")
 
     # ------------------------------------------------------------------------------------ checks
     @property

@@ -478,6 +478,10 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
                                         key=key_seed)
         report.reused = len(keys) - len(todo)
         report.retried = len(retry)
+        if report.reused or report.retried:
+            again = f", {report.retried} that failed tried again" if report.retried else ""
+            print(f"resuming {out_path}: {report.reused} of {len(keys)} ops already measured; "
+                  f"{len(todo)} to go{again}", file=sys.stderr)
         if (shard_t is None or shard_t[0] == 1) and (lut.fixed is None or "failed" in lut.fixed):
             todo.append(None)  # the skeleton, measured last
         total = len(todo)

@@ -68,7 +68,7 @@ def test_every_help_prints_and_exits_zero(probe):
         assert out_len > 100, f"lana {argv} printed almost nothing"
 
 
-def test_argument_errors_exit_two_with_usage(probe):
+def test_argument_errors_exit_two_with_one_line(probe):
     for argv, needle in (("finetune", "the following arguments are required: --arch, --out"),
                          ("nosuch", "invalid choice: 'nosuch'"),
                          ("score --teacher demo --out x.json --batch-size -1",
@@ -78,8 +78,8 @@ def test_argument_errors_exit_two_with_usage(probe):
                          ("train-teacher --teacher demo --out x.pt --seed -1",
                           "argument --seed: must be >= 0, got -1")):
         code, _, err = probe["codes"][argv]
-        assert code == 2
-        assert err.startswith("usage: lana") and needle in err
+        assert code == 2 and err.count("\n") == 1
+        assert err.startswith("error: lana") and needle in err and err.endswith(" --help\n")
 
 
 def test_all_commands_registered(probe):

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lana.errors import read_json_file
+from lana.errors import UPGRADE, newer_schema, read_json_file
 from lana.search.errors import SearchError, SearchWarning
 from lana.search.table import TEACHER_FAMILY, SearchTable
 
@@ -28,8 +28,8 @@ def read_scores(path: str | Path) -> dict[str, Any]:
                           invalid="re-run lana score")
     if not isinstance(data, dict) or data.get("schema") != SCORES_SCHEMA:
         got = data.get("schema") if isinstance(data, dict) else None
-        raise SearchError(f"{path} is not a {SCORES_SCHEMA} scores file (schema {got!r}); pass "
-                          f"the file written by lana score")
+        fix = UPGRADE if newer_schema(got, SCORES_SCHEMA) else "pass the file written by lana score"
+        raise SearchError(f"{path} is not a {SCORES_SCHEMA} scores file (schema {got!r}); {fix}")
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers or not all(
             isinstance(layer, dict) and isinstance(layer.get("scores"), dict) and layer["scores"]
@@ -119,8 +119,10 @@ def load_table(scores: str | Path, luts: Sequence[str | Path], *, check_fingerpr
         keys = [k for k in layer["scores"] if all(lut.has(k) for lut in loaded)]
         dropped += len(layer["scores"]) - len(keys)
         if not keys:
+            lacking = [lut for lut in loaded if not any(lut.has(k) for k in layer["scores"])]
             raise SearchError(f"every op of layer {layer.get('name')!r} failed to profile in the "
-                              f"LUT(s); re-profile with lana-profile ... --resume")
+                              f"LUT(s); --resume tries failed ops again: "
+                              f"{'; '.join(lut.command(resume=True) for lut in lacking)}")
         ops.append(keys)
         scores_per_layer.append([float(layer["scores"][k]) for k in keys])
     if dropped:

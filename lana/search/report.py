@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from lana.errors import check_output_file
 from lana.search.budget import Budget, check_unit, parse_budgets
-from lana.search.errors import SearchError
+from lana.search.errors import SearchError, SearchWarning
 from lana.search.files import add_model_tables, arch_dict, load_table
 from lana.search.solver import max_shared_layers
 from lana.search.sweep import SweepResult, search_many
@@ -33,6 +33,13 @@ def build_targets(table_names: Sequence[str], budgets: Sequence[str],
     if len(budgets) > len(table_names):
         raise SearchError(f"{len(budgets)} --budget values for {len(table_names)} --lut files; "
                           f"give at most one budget per LUT, in the same order")
+    unlimited = table_names[len(budgets):]
+    if unlimited:
+        import warnings
+
+        warnings.warn(f"no --budget for {', '.join(unlimited)}: its latency is predicted for every "
+                      f"architecture but not limited; give one --budget per --lut, in the same "
+                      f"order, to limit it", SearchWarning, stacklevel=2)
     expanded = [parse_budgets(b) for b in budgets]
     for values in expanded:
         for value in values:

@@ -98,7 +98,8 @@ class SearchTable:
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             fix = ("re-run lana score" if what == "score" else
-                   "re-profile that entry with lana-profile ... --resume")
+                   "re-profile that entry: delete it from its LUT and run the LUT's "
+                   "lana-profile command with --resume")
             raise SearchError(f"{what} of op {ops[bad[0]]} at layer {layer!r} is {arr[bad[0]]} "
                               f"({bad.size} non-finite value(s) in that layer); {fix}")
         arr.setflags(write=False)

@@ -84,3 +84,30 @@ def test_single_shot_keeps_teacher_and_identity_only():
     assert s.n_ops == [2] * 6
     assert all(set(f) == {"teacher", "identity"} for f in s.families)
     assert np.array_equal(s.teacher_choice(), np.zeros(6))
+
+
+def test_a_lut_without_a_budget_is_said_to_be_unlimited():
+    from lana.search.errors import SearchWarning
+    from lana.search.report import build_targets
+
+    with pytest.warns(SearchWarning, match="no --budget for cpu-torch: its latency is predicted"):
+        targets = build_targets(["cpu-ort", "cpu-torch"], ["0.5x"])
+    assert [[b.table for b in t] for t in targets] == [["cpu-ort"]]
+
+
+def test_files_of_a_newer_lana_say_to_upgrade(tmp_path):
+    import json
+
+    from lana.assemble import ArchError, read_arch
+    from lana.search.files import read_scores
+
+    (tmp_path / "s.json").write_text(json.dumps({"schema": "lana.scores/2", "layers": []}))
+    with pytest.raises(SearchError, match="written by a newer lana: upgrade lana"):
+        read_scores(tmp_path / "s.json")
+    (tmp_path / "a.json").write_text(json.dumps({"schema": "lana.arch/2", "teacher": "demo",
+                                                 "ops": []}))
+    with pytest.raises(ArchError, match="written by a newer lana: upgrade lana"):
+        read_arch(tmp_path / "a.json")
+    (tmp_path / "s.json").write_text(json.dumps({"schema": "lana.scores/0", "layers": []}))
+    with pytest.raises(SearchError, match="pass the file written by lana score"):
+        read_scores(tmp_path / "s.json")
