@@ -213,7 +213,10 @@ class Lut:
         missing = [f for f in _REQUIRED if f not in data]
         if missing:
             raise LutError(f"{where} lacks field(s) {missing}; it is damaged or not a LANA LUT")
-        units = data["protocol"].get("units") if isinstance(data["protocol"], dict) else None
+        if not isinstance(data["protocol"], dict):
+            raise LutError(f"{where}: 'protocol' must be a JSON object, got "
+                           f"{type(data['protocol']).__name__}; it is damaged or not a LANA LUT")
+        units = data["protocol"].get("units")
         if units != UNITS:
             raise LutError(f"{where} stores latencies in {units!r}, this lana needs {UNITS!r}; "
                            f"re-profile it with lana-profile")

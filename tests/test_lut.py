@@ -603,3 +603,15 @@ def test_shipped_luts_predict_with_a_calibration_unless_it_predicts_no_time(name
     lut.data["calibration"] = {"kind": "affine", "offset_ms": -2 * low, "slope": 1.0}
     with pytest.raises(LutError, match=f"predicts {-low:.4g} ms for the cheapest network"):
         lut.predict(teacher)
+
+
+def test_show_describes_a_calibration_for_people(tmp_path):
+    from lana.commands.lut import describe_calibration
+
+    text = describe_calibration({"kind": "affine", "offset_ms": -0.1441, "slope": 0.65,
+                                 "family_ms": {"efn": 0.0039}, "model": "families", "n_fit": 20,
+                                 "pool": "small", "held_out": {"after": {"median_abs": 0.078,
+                                                                         "max_abs": 0.081}}})
+    assert text == ("-0.1441 ms + 0.6500 x LUT sum, per op efn +0.0039 ms; the families fit on "
+                    "20 networks of the small pool; held-out error median 7.8 %, worst 8.1 %")
+    assert describe_calibration({"offset_ms": 0.0, "slope": 1.0}) == "+0.0000 ms + 1.0000 x LUT sum"

@@ -15,6 +15,26 @@ from typing import Any
 from lana.cli import command_parser, whole
 
 
+def describe_calibration(cal: dict) -> str:
+    """A calibration as people read it: the fit, what it was fitted on, and its error."""
+    text = f"{cal.get('offset_ms', 0.0):+.4f} ms + {cal.get('slope', 1.0):.4f} x LUT sum"
+    terms = cal.get("family_ms") or {}
+    if terms:
+        text += ", per op " + ", ".join(f"{f} {v:+.4f} ms" for f, v in sorted(terms.items()))
+    if cal.get("model"):
+        text += f"; the {cal['model']} fit"
+    if cal.get("n_fit") is not None:
+        text += (f" on {cal['n_fit']} networks" + (f" of the {cal['pool']} pool"
+                                                    if cal.get("pool") else ""))
+    held = cal.get("held_out") or {}
+    after = held.get("after") if isinstance(held, dict) else None
+    if isinstance(after, dict) and after.get("median_abs") is not None:
+        text += (f"; held-out error median {100 * after['median_abs']:.1f} %"
+                 + (f", worst {100 * after['max_abs']:.1f} %" if after.get("max_abs") is not None
+                    else ""))
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "lut", __doc__)
     actions = p.add_subparsers(dest="lut_command", metavar="ACTION", required=True)
@@ -99,7 +119,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"coverage {s['measured']} measured, {s['failed']} failed, {s['missing']} missing of "
         f"{s['required']} needed; {s['noisy']} noisy",
         f"fixed    {_ms(s['fixed_ms'])} (skeleton); teacher predicted {_ms(s['teacher_total_ms'])}"
-        + (f", calibrated {s['calibration']}" if s["calibration"] else ""),
+        + (f"\ncalib.   {describe_calibration(s['calibration'])}" if s["calibration"] else ""),
         "slowest  " + "; ".join(f"{k} {_ms(v)}" for k, v in s["slowest"]),
         "fastest  " + "; ".join(f"{k} {_ms(v)}" for k, v in s["fastest"]),
         "families " + ", ".join(f"{f} {_ms(v['median_ms'])} (n={v['n']})"
