@@ -296,6 +296,43 @@ def test_verify_finds_its_scores_checks_them_first_and_notes_another_lut(finishe
     assert lines[0].startswith("note: the search used") and str(other) in lines[0]
 
 
+def test_verify_measures_a_round_again_when_the_teacher_is_off_its_calibrated_speed(
+        finished_run, tiny_device, monkeypatch, tmp_path):
+    import lana.calibrate as calibrate
+    from lana.lut import Lut
+    from lana.verify import verify
+
+    out, _ = finished_run
+    lut = Lut.load(out / "lut.json")
+    lut.data["calibration"] = lut.calibration or {"kind": "affine", "offset_ms": 0.0, "slope": 1.0}
+    lut.save(tmp_path / "lut.json")
+    speeds = iter([1.6, 1.1])  # a slow period, then the speed the LUT was calibrated at
+    attempts = []
+
+    def fake(archs, the_lut, preset, **kwargs):
+        teacher = next(speeds) * the_lut.predict(archs[0])
+        attempts.append(teacher)
+        # in the slow period the candidates slowed less than the teacher: they look fast
+        return [(teacher, 0.0)] + [(0.45 * teacher, 0.0) for _ in archs[1:]]
+
+    monkeypatch.setattr(calibrate, "measure_architectures", fake)
+    lines = []
+    doc = verify(out / "search.json", tmp_path / "lut.json", tiny_device, "0.6x", rounds=0,
+                 settle_s=0.0, log=lines.append)
+    assert len(attempts) == 2 and doc["rounds"][0]["attempts"] == 2
+    assert doc["rounds"][0]["teacher_ms"] == attempts[1]  # the attempt closest to calibration
+    assert doc["rounds"][0]["teacher_vs_calibration"] == pytest.approx(1.1)
+    said = [line for line in lines if "its calibrated prediction" in line]
+    assert len(said) == 1 and "1.60x" in said[0] and "again in 0 s" in said[0]
+    # an uncalibrated LUT predicts raw sums, far from any measurement: no second attempt
+    lut.data["calibration"] = None
+    lut.save(tmp_path / "raw.json")
+    speeds, attempts[:] = iter([1.6]), []
+    verify(out / "search.json", tmp_path / "raw.json", tiny_device, "0.6x", rounds=0,
+           settle_s=0.0)
+    assert len(attempts) == 1
+
+
 def test_verify_secant_step_follows_a_non_proportional_error():
     from lana.verify import _next_limit
 

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from lana.cli import command_parser
+from lana.cli import command_parser, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="re-searches at most (default 3)")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved measurements per network, median kept (default 3)")
+    p.add_argument("--settle", type=whole(0), default=2,
+                   help="measure a round again (after 30 s) up to this many times while the "
+                        "teacher is more than 30%% off its calibrated prediction (default 2)")
     p.add_argument("--out", required=True, help="JSON to write (e.g. run/verify.json)")
     p.add_argument("--json", action="store_true", help="print the written document")
     p.set_defaults(func=run)
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     res = call_reporting_warnings(
         verify, args.search, args.lut, args.device, args.budget, scores=args.scores,
         out=args.out, min_kept=args.min_kept, rounds=args.rounds, repeats=args.repeats,
+        settle=args.settle,
         log=lambda line: print(line, file=sys.stderr))
     if args.json:
         json.dump(res, sys.stdout, indent=1)
