@@ -414,9 +414,10 @@ def describe_load(load: Mapping[str, Any] | None) -> str:
         text += (f"; {threads}-thread speed-up of the parallel probe "
                  f"{load.get('parallel_speedup_min') or 0:.2f} min, "
                  f"{load['parallel_speedup_median']:.2f} median")
+    marks = []  # a profile can be both: other work here, and CPUs taken from outside
     if load.get("busy"):
-        return text + "; BUSY: latencies inflated, re-profile on an idle machine"
+        marks.append("BUSY: latencies inflated, re-profile on an idle machine")
     if load.get("contended"):
-        return (text + "; CONTENDED from outside this system: multi-threaded latencies inflated, "
-                "re-profile on a dedicated machine or with --threads 1")
-    return text + "; idle enough"
+        marks.append("CONTENDED from outside this system: multi-threaded latencies inflated, "
+                     "re-profile on a dedicated machine or with threads = 1 in the preset")
+    return text + "; " + ("; ".join(marks) or "idle enough")

@@ -90,19 +90,9 @@ def load_of(device: dict[str, Any]) -> dict[str, Any] | None:
     return busiest
 
 
-def describe(load: dict[str, Any] | None) -> str:
-    """The ``load`` line: :func:`profilers.load.describe_load`, which names only BUSY when a
-    profile was both, plus CONTENDED when a parallel probe fell under 0.6 x threads as well."""
-    from profilers.load import CONTENDED_EFFICIENCY, describe_load
-
-    text = describe_load(load)
-    if isinstance(load, dict) and load.get("contended") and "CONTENDED" not in text:
-        text += (f"; CONTENDED too: a parallel probe ran under {CONTENDED_EFFICIENCY} x threads, "
-                 f"multi-threaded latencies inflated")
-    return text
-
-
 def format_summary(s: dict[str, Any]) -> str:
+    from profilers.load import describe_load
+
     dev, proto = s["device"], s["protocol"]
     seen = dev.get("seen") or {}
     lines = [
@@ -111,7 +101,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{dev.get('precision')}, batch {dev.get('batch_size')}, threads {dev.get('threads')}",
         f"ran on   {seen.get('cpu')}" + (f", {seen['gpu']} (driver {seen.get('driver')})" if seen.get("gpu") else "")
         + "".join(f", {lib} {seen[lib]}" for lib in ("onnxruntime", "torch", "tensorrt") if seen.get(lib)),
-        f"load     {describe(s.get('load', load_of(dev)))}",
+        f"load     {describe_load(s.get('load', load_of(dev)))}",
         f"protocol warm-up {proto.get('warmup_s')} s / {proto.get('warmup_iters')} it, then >= "
         f"{proto.get('min_iters')} it and >= {proto.get('min_time_s')} s, {proto.get('statistic')}, "
         f"noise > {proto.get('noise_threshold')} IQR/median re-measured",
