@@ -123,13 +123,14 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
     k = int(k or doc.get("k") or len(cands))
     overlap = float(overlap or doc.get("overlap") or 0.7)
     scores = scores or _recorded_scores(doc.get("scores"), search)
-    if scores and rounds > 0:  # a scores file that cannot be searched fails before measuring
+    table = None  # what a re-search searches, read once, before measuring: a bad file fails now
+    if scores and rounds > 0:
         from lana.search.errors import SearchWarning
         from lana.search.files import load_table
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SearchWarning)
-            load_table(scores, [lut])
+            table = load_table(scores, [lut])
 
     measured: list[dict[str, Any]] = []
     round_log: list[dict[str, Any]] = []
@@ -201,7 +202,7 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
         x_new, method = _next_limit(measured, goal, q75)
         round_log[-1]["method"] = method
         new_limit = min(limit * (1 - MIN_SHRINK), x_new * scale_pred)
-        batch, limit, table_name = _search_again(scores, lut, new_limit, k, overlap,
+        batch, limit, table_name = _search_again(table, new_limit, k, overlap,
                                                  single_shot=bool(doc.get("single_shot")),
                                                  table_name=table_name, log=log)
 
@@ -310,21 +311,20 @@ def _recorded_scores(recorded: Any, search: str | Path) -> Path | None:
     return beside if not path.is_file() and beside.is_file() else path
 
 
-def _search_again(scores: Any, lut: str | Path, limit_ms: float, k: int, overlap: float, *,
+def _search_again(table: Any, limit_ms: float, k: int, overlap: float, *,
                   single_shot: bool, table_name: str | None,
                   log: Callable[[str], None] | None
                   ) -> tuple[list[tuple[tuple[str, ...], float, dict]], float, str]:
-    """K new architectures under ``limit_ms`` (predicted), never below the cheapest reachable."""
+    """K new architectures of ``table`` (the scores and the LUT) under ``limit_ms`` (predicted),
+    never below the cheapest reachable."""
     from lana.search import Budget, search
     from lana.search.errors import SearchWarning
-    from lana.search.files import load_table
 
-    if not scores:
+    if table is None:
         raise VerifyError("the search result names no scores file; pass scores= (lana run's "
                           "scores.json)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SearchWarning)
-        table = load_table(scores, [lut])
         name = table_name or table.table_names[0]
         floor = (table.single_shot() if single_shot else table).minimum(name)
         if limit_ms < floor:
