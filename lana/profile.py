@@ -70,6 +70,12 @@ class ProfileReport:
     load: dict[str, Any] = field(default_factory=dict)  # the machine's load (profilers.load)
     warnings: list[str] = field(default_factory=list)
 
+    def count_export(self, exported: bool, times: dict[str, float]) -> None:
+        """Add one :func:`_prepare` call (in any process) to the export figures."""
+        self.exported += int(exported)
+        self.build_s += times.get("build_s", 0.0)
+        self.export_s += times.get("export_s", 0.0)
+
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["out"] = str(self.out)
@@ -202,7 +208,7 @@ def _exclusive(out: Path):
 
 def _open_lut(out: Path, header: dict[str, Any], layers: list[dict[str, Any]], seen: dict,
               backend_info: dict, *, resume: bool, force: bool, command: str) -> Lut:
-    _check_existing(out, resume=resume, force=force)
+    """The LUT to write into (``profile`` has checked with :func:`_check_existing` first)."""
     if resume and out.exists():
         lut = Lut.load(out, check_fingerprint=False)
         diffs = _differences(lut, header)
@@ -340,9 +346,7 @@ def _prepare_all(keys: list[str | None], t, owner: dict[str, int], batch_size: i
 
     def take(key, path, failure, exported, times) -> None:
         done[key] = (path, failure)
-        report.exported += int(exported)
-        report.build_s += times.get("build_s", 0.0)
-        report.export_s += times.get("export_s", 0.0)
+        report.count_export(exported, times)
         if advance is not None:
             advance()
 
@@ -503,9 +507,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
                     times: dict[str, float] = {}
                     path, failure, exported = _prepare(t, key, owner, preset.batch_size,
                                                        cache_dir, times)
-                    report.exported += int(exported)
-                    report.build_s += times.get("build_s", 0.0)
-                    report.export_s += times.get("export_s", 0.0)
+                    report.count_export(exported, times)
                 if failure is not None:
                     return {"failed": failure}
                 model: Any = Path(path)
