@@ -43,3 +43,21 @@ def demo_pool(demo_teacher):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return build_pool(demo_teacher, "small")
+
+
+@pytest.fixture
+def random_arch_file(demo_pool, tmp_path):
+    """``make(seed)``: the path of an architecture file with a seeded random op per layer."""
+    import random
+
+    from lana.assemble import Architecture, write_arch
+
+    def make(seed: int):
+        rng = random.Random(seed)
+        ops = tuple(rng.choice(lp.keys) for lp in demo_pool)
+        path = tmp_path / "arch.json"
+        write_arch(Architecture("demo", "small", ops, tuple(lp.layer.name for lp in demo_pool)),
+                   path)
+        return path
+
+    return make

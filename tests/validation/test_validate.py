@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import warnings
 
 import pytest
 
-from lana.assemble import Architecture, assemble, write_arch
+from lana.assemble import assemble
 from lana.cli import main
 from lana.lut import Lut
 from lana.validate import ValidationError, parse_budget, validate
@@ -19,12 +18,8 @@ FIELDS = {"predicted_ms", "predicted_calibrated_ms", "measured_ms", "rel_error",
 
 
 @pytest.fixture
-def arch_file(demo_pool, tmp_path):
-    rng = random.Random(7)
-    ops = tuple(rng.choice(lp.keys) for lp in demo_pool)
-    path = tmp_path / "arch.json"
-    write_arch(Architecture("demo", "small", ops, tuple(lp.layer.name for lp in demo_pool)), path)
-    return path
+def arch_file(random_arch_file):
+    return random_arch_file(7)
 
 
 def run_json(capsys, argv):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import warnings
 
 import pytest
 
 import lana.bench
-from lana.assemble import Architecture, teacher_architecture, write_arch
+from lana.assemble import Architecture, teacher_architecture
 from lana.cli import main
 from lana.lut import Lut
 from lana.validate import architecture_budget, validate
@@ -20,12 +19,8 @@ from profilers import Measurement
 
 
 @pytest.fixture
-def arch_file(demo_pool, tmp_path):
-    rng = random.Random(11)
-    ops = tuple(rng.choice(lp.keys) for lp in demo_pool)
-    path = tmp_path / "arch.json"
-    write_arch(Architecture("demo", "small", ops, tuple(lp.layer.name for lp in demo_pool)), path)
-    return path
+def arch_file(random_arch_file):
+    return random_arch_file(11)
 
 
 def teacher_predicted(lut_path, demo_teacher) -> float:
