@@ -14,13 +14,15 @@ if TYPE_CHECKING:
 def validate_run(p: "Pipeline") -> dict[str, Any]:
     """Measure teacher and student end to end in one session on the run's device and LUT protocol.
 
-    The two are measured in alternation (the run's ``repeats`` times) so drift of a shared machine
-    hits both; the speed-up is the ratio of their medians.  The predicted-vs-measured plot also
+    Both stay open while they are measured in alternation (the run's ``repeats`` rounds, the
+    order flipping each round) so drift of a shared machine hits both; the speed-up is the ratio
+    of their medians.  The predicted-vs-measured plot also
     shows the other candidates: those the verify stage measured, scaled to this session's teacher,
     or (a run without that stage) the search's candidates, measured once each here with random
     weights.
     """
     from lana.assemble import load_student, read_arch, teacher_architecture
+    from lana.bench import interleaved
     from lana.lut import Lut
     from lana.ops import deploy
     from lana.select import read_architectures
@@ -37,12 +39,11 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
     arch = read_arch(p.path("select.json"))
     teacher_keys = teacher_architecture(p.teacher).ops
 
-    t_runs, s_runs = [], []
-    for _ in range(p.config.repeats):
-        t_runs.append(measure_network(teacher_model, shape, preset, config=config,
-                                      protocol=protocol, label="teacher").median)
-        s_runs.append(measure_network(student, shape, preset, config=config,
-                                      protocol=protocol, label="student").median)
+    # both open at once, measured in alternating rounds (the order flipping each round)
+    s_meas, t_meas, _ = interleaved(student, shape, teacher_model, shape, preset,
+                                    repeats=p.config.repeats, protocol=protocol, config=config,
+                                    labels=("the student", "the teacher"))
+    t_runs, s_runs = [m.median for m in t_meas], [m.median for m in s_meas]
     teacher_ms, student_ms = statistics.median(t_runs), statistics.median(s_runs)
 
     points = _verified_points(p, lut, arch.ops, teacher_ms)
