@@ -137,7 +137,8 @@ def layer_arguments(p: argparse.ArgumentParser, recorded: str = "") -> None:
     p.add_argument("--selector", help="glob over module names picking the layers of a user "
                    f"module (path/file.py:factory; default: {first}model.lana_selector)")
     p.add_argument("--input-shape", metavar="C,H,W",
-                   help=f"input of a user module (default: {first}model.input_shape)")
+                   help=f"input C,H,W without the batch, e.g. 3,260,260 for another resolution "
+                   f"(default: {first}the teacher's, model.input_shape for a user module)")
 
 
 def whole(minimum: int):

@@ -299,6 +299,14 @@ class Lut:
         """Raise :class:`LutError` when this LUT is for another teacher, device or batch size."""
         preset = self.data["device"].get("preset")
         if teacher is not None and teacher != self.teacher:
+            from lana.teachers import UnknownNameError, get_entry, is_user_module
+
+            if not is_user_module(teacher):
+                try:
+                    get_entry(teacher)
+                except UnknownNameError as exc:  # advising to profile it could not work
+                    raise LutError(f"{self._where()} is for teacher {self.teacher!r}, and {exc}; "
+                                   f"or leave the teacher out to use the LUT's") from None
             other = profile_command(device=self.device_arg, teacher=teacher, pool=self.pool,
                                     out=None)
             raise LutError(f"{self._where()} is for teacher {self.teacher!r}, not {teacher!r}; "

@@ -25,7 +25,8 @@ def cache_root() -> Path:
     ``$LANA_CACHE_DIR``, else ``$XDG_CACHE_HOME/lana``, else ``~/.cache/lana``."""
     root = os.environ.get("LANA_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lana")
-    return Path(root).expanduser()
+    # absolute: a relative $LANA_CACHE_DIR would name another folder after a change of directory
+    return Path(root).expanduser().absolute()
 
 
 _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")

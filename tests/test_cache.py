@@ -35,6 +35,10 @@ def test_cache_root_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("LANA_CACHE_DIR", "~/somewhere")
     assert str(cache_root()) == os.path.expanduser("~/somewhere") and "~" not in str(cache_root())
     assert default_cache_dir() == cache_root() / "onnx"
+    # a relative folder is made absolute, so a change of directory keeps the same cache
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LANA_CACHE_DIR", "rel")
+    assert cache_root() == tmp_path / "rel" and cache_root().is_absolute()
 
 
 def test_a_cache_hit_marks_the_export_as_recently_used(root):

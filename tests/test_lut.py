@@ -408,6 +408,10 @@ def test_fix_commands_name_the_preset_file_a_lut_was_profiled_with(tmp_path):
     with pytest.raises(LutError) as info:
         Lut.load(path, teacher="efficientnet_b0")
     assert f"profile one: lana-profile --device '{toml}' --teacher efficientnet_b0" in str(info.value)
+    with pytest.raises(LutError) as info:  # no advice to profile a teacher that does not exist
+        Lut.load(path, teacher="efficientnet_b9")
+    assert "unknown teacher 'efficientnet_b9'" in str(info.value)
+    assert "lana-profile" not in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(LutError) as info:
         Lut.load(path, batch_size=8)
     assert f"--device '{toml}' --teacher demo --pool small --batch-size 8" in str(info.value)

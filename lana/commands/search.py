@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from lana.cli import command_parser
+from lana.cli import command_parser, whole
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds per solve before reporting the gap reached (default 2)")
     p.add_argument("--time-budget", type=float,
                    help="seconds for all K solves of one budget together (default: no cap)")
-    p.add_argument("--threads", type=int, default=1, help="HiGHS threads (default 1)")
+    p.add_argument("--threads", type=whole(1), default=1, help="HiGHS threads (default 1)")
     p.add_argument("--strategy", choices=("top-down", "bottom-up", "cold"), default="top-down",
                    help="warm-start order for several budgets (default top-down)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")

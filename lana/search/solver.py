@@ -11,6 +11,7 @@ a bound from an earlier solve of the same search (whose feasible set contains th
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from typing import Callable, Sequence
@@ -82,6 +83,9 @@ def _validate_options(k: int, overlap: float, gap: float, time_limit: float,
     if not isinstance(threads, (int, np.integer)) or threads < 1:
         raise SearchError(f"threads must be a whole number >= 1 (got {threads!r}); 1 runs HiGHS "
                           f"on one core")
+    if threads > (cpus := os.cpu_count() or 1):
+        raise SearchError(f"threads {threads} is more than this machine's {cpus} CPUs; pass at "
+                          f"most {cpus} (more threads only contend for the same cores)")
     if time_budget is not None and not (time_budget > 0):
         raise SearchError(f"time_budget must be positive seconds (got {time_budget!r})")
 

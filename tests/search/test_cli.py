@@ -136,7 +136,7 @@ def test_cli_single_shot(tmp_path):
     ("k", "k must be"),
     ("overlap", "overlap must be in"),
     ("budgets", "at most one budget per LUT"),
-    ("threads", "threads must be"),
+    ("threads", r"threads 999 is more than this machine's \d+ CPUs; pass at most"),
     ("out-png", "ends in .png"),
     ("out-dir", "is a folder"),
     ("out-input", "would overwrite the input"),
@@ -173,7 +173,7 @@ def test_cli_bad_input_is_one_line(tmp_path, case, match):
     out = {"out-png": tmp_path / "o.png", "out-dir": tmp_path, "out-input": scores,
            "out-file-parent": Path(scores) / "o.json"}.get(case, tmp_path / "o.json")
     argv = ["--lut", lut, "--scores", scores, "--budget", budget, "--out", str(out)]
-    argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"], "threads": ["--threads", "0"],
+    argv += {"k": ["--k", "0"], "overlap": ["--overlap", "1.5"], "threads": ["--threads", "999"],
              "budgets": ["--budget", "0.6x"], "max-params": ["--max-params", "many"],
              "params-ms": ["--max-params", "5ms"]}.get(case, [])
     with pytest.raises(LanaError, match=match) as err:
