@@ -222,6 +222,13 @@ class Lut:
                            f"re-profile it with lana-profile")
         if not isinstance(data["entries"], dict) or not isinstance(data["device"], dict):
             raise LutError(f"{where}: 'entries' and 'device' must be JSON objects")
+        preset, batch = data["device"].get("preset"), data["device"].get("batch_size", 1)
+        if not isinstance(preset, str) or not preset.strip():
+            raise LutError(f"{where}: device.preset is {preset!r}, not the name of the device "
+                           f"preset it was measured with; it is damaged or not a LANA LUT")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise LutError(f"{where}: device.batch_size is {batch!r}, not a whole number >= 1; "
+                           f"it is damaged or not a LANA LUT")
         data.setdefault("fixed", None)
         data.setdefault("layers", [])
         data.setdefault("calibration", None)

@@ -199,6 +199,13 @@ def test_schema_major_and_units(tmp_path):
     bad_key = write_json(tmp_path / "badkey.json", {**data, "entries": {"efn e=3": entry(1.0)}})
     with pytest.raises(LutError, match="bad entry key"):
         Lut.load(bad_key)
+    no_preset = write_json(tmp_path / "nopreset.json", {**data, "device": {}})
+    with pytest.raises(LutError, match="device.preset is None, not the name of the device preset"):
+        Lut.load(no_preset)
+    batch = write_json(tmp_path / "batch.json", {**data, "device": {**data["device"],
+                                                                    "batch_size": 0}})
+    with pytest.raises(LutError, match="device.batch_size is 0, not a whole number >= 1"):
+        Lut.load(batch)
 
 
 def test_stale_fingerprint_says_how_to_reprofile(tmp_path):
