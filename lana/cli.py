@@ -64,10 +64,12 @@ def _terminate(signum, frame):
     raise Terminated(signum)
 
 
-def continue_command(argv: Sequence[str], args: argparse.Namespace) -> str | None:
+def continue_command(argv: Sequence[str], args: argparse.Namespace,
+                     prog: str | None = None) -> str | None:
     """The command line that continues an interrupted command, or None for one that keeps
     nothing to continue: ``--resume`` added (and ``--force`` dropped) where the command has it;
-    ``lana run`` continues when run again as it was."""
+    ``lana run`` continues when run again as it was.  ``prog`` is the program that stands for
+    ``lana <subcommand>`` (``lana-profile``), as the user typed it."""
     import shlex
 
     words = list(argv)
@@ -77,7 +79,7 @@ def continue_command(argv: Sequence[str], args: argparse.Namespace) -> str | Non
             words.append("--resume")
     elif getattr(args, "command", None) != "run":
         return None
-    return shlex.join(["lana", *words])
+    return shlex.join([prog, *words[1:]] if prog else ["lana", *words])
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         return 0
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        command = continue_command(words, args)
+        command = continue_command(words, args, prog)
         print(f"{what}: what was done so far is saved; continue with: {command}"
               if command else what, file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Terminated) else 130

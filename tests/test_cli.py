@@ -168,6 +168,8 @@ def test_an_interrupted_command_says_how_to_continue(monkeypatch, capsys):
     assert cli.continue_command(["profile", "--device", "my preset.toml", "--force"],
                                 ns("profile", resume=False, force=True)) == (
         "lana profile --device 'my preset.toml' --resume")
+    assert cli.continue_command(["profile", "--out", "a.json"], ns("profile", resume=False),
+                                "lana-profile") == "lana-profile --out a.json --resume"
     assert cli.continue_command(["pretrain", "--resume"], ns("pretrain", resume=True)) == (
         "lana pretrain --resume")
     assert cli.continue_command(["run", "--budget", "0.5x"], ns("run")) == "lana run --budget 0.5x"

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", help="measure only shard i of n (i/n, 1-based); merge with `lana lut merge`")
     layer_arguments(p)
     p.add_argument("--cache-dir", help="folder of cached ONNX exports (default: onnx/ in "
-                                       "$LANA_CACHE_DIR or ~/.cache/lana; see `lana cache`)")
+                                       "$LANA_CACHE_DIR, else $XDG_CACHE_HOME/lana, else "
+                                       "~/.cache/lana; see `lana cache`)")
     p.add_argument("--keep-samples", action="store_true", help="store raw samples in every entry")
     p.add_argument("--jobs", type=int,
                    help="processes exporting ONNX files before timing starts (default: one per CPU "
