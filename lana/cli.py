@@ -89,7 +89,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     if prog is not None:
         for action in parser._subparsers._group_actions:  # the one subcommand action
             action.choices[words[0]].prog = prog
-    args = parser.parse_args(words)
+    args, extra = parser.parse_known_args(words)
+    if extra:  # named by the subcommand, whose --help lists what it takes
+        subcommand = parser._subparsers._group_actions[0].choices[args.command]
+        subcommand.error(f"unrecognized arguments: {' '.join(extra)}")
     import signal
     import threading
 

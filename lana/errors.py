@@ -69,8 +69,9 @@ def check_output_file(path: str | Path, option: str, example: str,
                       inputs: Sequence[tuple[str, str | Path | None]] = ()) -> Path:
     """``path`` as a file a command will write when its work is done, refused before the work when
     it names a folder, a place that cannot be written, or one of the command's ``inputs``
-    (``(option, path)`` pairs) that it would overwrite (``error`` with one line naming ``option``,
-    and ``example`` as a file name that would do)."""
+    (``(option, path)`` pairs; a folder input covers the files already in it) that it would
+    overwrite (``error`` with one line naming ``option``, and ``example`` as a file name that
+    would do)."""
     text = str(path)
     if not text.strip():
         raise error(f"{option} is empty; name the file, e.g. {example}")
@@ -78,9 +79,15 @@ def check_output_file(path: str | Path, option: str, example: str,
     if text.endswith(("/", "\\")) or p.is_dir():
         raise error(f"{option} {text} is a folder; name the file, e.g. {p / example}")
     for name, given in inputs:
-        if given and Path(given).resolve() == p.resolve():
+        if not given:
+            continue
+        source = Path(given).resolve()
+        if source == p.resolve():
             raise error(f"{option} {text} is also the {name} file, which it would overwrite; "
                         f"write to another file, e.g. {p.with_name(example)}")
+        if source.is_dir() and p.is_file() and source in p.resolve().parents:
+            raise error(f"{option} {text} is a file of the {name} folder {given}, which it would "
+                        f"overwrite; write outside it, e.g. {example}")
     _probe_writable(_existing_parent(p), option, text, error)
     return p
 

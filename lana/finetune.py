@@ -93,11 +93,20 @@ def _save_atomic(payload: dict, path: Path) -> None:
 
 def _load_arch(arch: "Architecture | str | Path") -> "Architecture":
     from lana.assemble import Architecture
-    from lana.select import read_architectures
+    from lana.select import SelectWarning, read_architectures
 
     if isinstance(arch, Architecture):
         return arch
-    cands = read_architectures(arch)
+    if not Path(arch).exists():
+        raise FinetuneError(f"--arch {arch} does not exist; pass the architecture file lana "
+                            f"select wrote")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SelectWarning)
+        try:
+            cands = read_architectures(arch)
+        except SelectWarning:  # several budgets: which one is for the user to say
+            raise FinetuneError(f"{arch} holds architectures for several budgets; run lana select "
+                                f"--budget B on it and pass the file it writes") from None
     if len(cands) > 1:
         raise FinetuneError(f"{arch} holds {len(cands)} architectures; run lana select on it and "
                             f"pass the file it writes")
@@ -127,9 +136,11 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
         raise FinetuneError(f"--epochs must be at least 1, got {epochs}")
     if batch_size < 2:
         raise FinetuneError(f"--batch-size must be at least 2 (batch norm), got {batch_size}")
-    if not 0.0 <= kd_weight <= 1.0 or temperature <= 0:
-        raise FinetuneError(f"--kd-weight must be in [0, 1] and --temperature positive, got "
-                            f"{kd_weight} and {temperature}")
+    if not 0.0 <= kd_weight <= 1.0:
+        raise FinetuneError(f"--kd-weight must be in [0, 1] (the share of the distillation "
+                            f"loss), got {kd_weight}")
+    if not temperature > 0:
+        raise FinetuneError(f"--temperature must be positive, got {temperature}")
     a = _load_arch(arch)
     if teacher is not None:
         given = teacher if isinstance(teacher, str) else teacher.name
@@ -149,7 +160,7 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
             from lana.pretrain import needs_training
 
             fresh = sum(1 for s in a.specs if needs_training(s))
-            if fresh:
+            if fresh and not (resume and (Path(out) / CHECKPOINT).is_file()):  # else restored
                 warnings.warn(f"no --pretrain directory: {fresh} replaced layer(s) start from "
                               f"random weights instead of their distilled ones", stacklevel=2)
         if not a.layer_names:
@@ -180,11 +191,15 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
             0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup)))))
         scaler = grad_scaler(dev)
         history: dict[str, list] = {"val_top1": [], "train_loss": [], "epoch_seconds": []}
-        first_epoch = 0
+        first_epoch, seconds_before = 0, 0.0
         digest = teacher_digest(t)
+        # what the schedule and the weights reached depend on: a resumed run must use the same
+        config = {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                  "temperature": temperature, "kd_weight": kd_weight, "images": len(train),
+                  "seed": seed}
         if resume and ckpt_path.is_file():
-            first_epoch, history = _restore(ckpt_path, student, opt, sched, scaler, a, digest,
-                                            epochs, out)
+            first_epoch, history, seconds_before = _restore(ckpt_path, student, opt, sched, scaler,
+                                                            a, digest, epochs, config)
         teacher_top1 = top1(t.model, splits.val, dev)
         model: nn.Module = student
         if info.distributed:
@@ -232,13 +247,15 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
                                   "scaler": scaler.state_dict(), "history": history,
                                   "arch": list(a.ops), "teacher": t.name,
                                   "teacher_digest": digest, "epochs": epochs,
-                                  "rng": torch.get_rng_state()}, ckpt_path)
+                                  "config": config, "rng": torch.get_rng_state(),
+                                  "seconds": seconds_before + time.perf_counter() - start},
+                                 ckpt_path)
                     msg = (f"epoch {epoch + 1:>3}/{epochs}  loss {loss_sum / max(1, steps):.4f}  "
                            f"val top-1 {100 * acc:.2f}%  (teacher {100 * teacher_top1:.2f}%)")
                     if bar is not None:
                         bar.console.print(msg)
                 barrier(info)
-        seconds = time.perf_counter() - start
+        seconds = seconds_before + time.perf_counter() - start  # the earlier runs' too
         student.eval()
         final = history["val_top1"][-1] if history["val_top1"] else top1(student, splits.val, dev)
         metrics = {"val_top1": history["val_top1"], "final_top1": final,
@@ -247,9 +264,7 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
                    "epoch_seconds": history["epoch_seconds"], "seconds": round(seconds, 2),
                    "teacher": t.name, "pool": pool, "arch": list(a.ops),
                    "pretrained_init": pretrain is not None, "world_size": info.world_size,
-                   "config": {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                              "temperature": temperature, "kd_weight": kd_weight,
-                              "images": len(train), "seed": seed}}
+                   "config": config}
         if info.is_main:
             from lana.atomic import write_text
 
@@ -262,7 +277,8 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
 
 
 def _restore(path: Path, student: nn.Module, opt, sched, scaler, arch: "Architecture",
-             digest: str, epochs: int, out: Path) -> tuple[int, dict]:
+             digest: str, epochs: int, config: dict) -> tuple[int, dict, float]:
+    """Load a checkpoint into the run; the epochs done, the history and the seconds spent."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         ops, state = ck["arch"], ck["model"]
@@ -275,6 +291,13 @@ def _restore(path: Path, student: nn.Module, opt, sched, scaler, arch: "Architec
     if int(ck.get("epochs", epochs)) != epochs:
         raise FinetuneError(f"checkpoint {path} was made for --epochs {ck.get('epochs')}; resume "
                             f"with the same --epochs (the schedule depends on it)")
+    made = ck.get("config")
+    if isinstance(made, dict):  # checkpoints before the settings were recorded cannot be checked
+        differ = [k for k in config if k in made and made[k] != config[k]]
+        if differ:
+            was = " ".join(f"--{k.replace('_', '-')} {made[k]}" for k in differ)
+            raise FinetuneError(f"checkpoint {path} was made with {was}; resume with the same "
+                                f"values or pass a fresh --out")
     try:
         student.load_state_dict(state, strict=True)
         opt.load_state_dict(ck["optimizer"])
@@ -282,10 +305,12 @@ def _restore(path: Path, student: nn.Module, opt, sched, scaler, arch: "Architec
         scaler.load_state_dict(ck["scaler"])
         if isinstance(ck.get("rng"), torch.Tensor):
             torch.set_rng_state(ck["rng"])  # the same augmentation as an uninterrupted run
-    except (RuntimeError, KeyError, ValueError) as exc:
+        history = {k: list(v) for k, v in ck["history"].items()}
+        done, seconds = int(ck["epoch"]), float(ck.get("seconds", 0.0))
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise FinetuneError(f"checkpoint {path} does not fit this run ({type(exc).__name__}); "
                             f"delete it or pass a fresh --out") from exc
-    return int(ck["epoch"]), {k: list(v) for k, v in ck["history"].items()}
+    return done, history, seconds
 
 
 __all__ = ["CHECKPOINT", "DEFAULT_EPOCHS", "FinetuneError", "finetune", "kd_loss", "top1"]

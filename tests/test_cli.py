@@ -159,6 +159,29 @@ def test_check_output_file_probes_the_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_never_overwrites_an_input_or_a_file_of_an_input_folder(tmp_path, capsys):
+    from lana.errors import check_output_file
+
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    manifest = pre / "pretrain.json"
+    manifest.write_text("{}")
+    weights = tmp_path / "teacher.pt"
+    weights.write_bytes(b"weights")
+    for argv in (["score", "--teacher", "demo", "--pretrain", str(pre), "--out", str(manifest)],
+                 ["select", "--search", "s.json", "--pretrain", str(pre), "--out", str(manifest)],
+                 ["score", "--teacher", "demo", "--teacher-weights", str(weights),
+                  "--out", str(weights)]):
+        assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert all("is a file of the --pretrain folder" in line for line in err[:2])
+    assert "is also the --teacher-weights file" in err[2] and len(err) == 3
+    assert manifest.read_text() == "{}" and weights.read_bytes() == b"weights"
+    # a new file in that folder overwrites nothing
+    assert check_output_file(pre / "scores.json", "--out", "scores.json",
+                             inputs=[("--pretrain", pre)]) == pre / "scores.json"
+
+
 def test_an_interrupted_command_says_how_to_continue(monkeypatch, capsys):
     import signal
 

@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from lana.errors import check_output_file
     from lana.score import score
 
-    check_output_file(args.out, "--out", "scores.json")
+    check_output_file(args.out, "--out", "scores.json",
+                      inputs=[("--pretrain", args.pretrain),
+                              ("--teacher-weights", args.teacher_weights)])
     result = call_reporting_warnings(
         score, args.pretrain, args.teacher, args.pool, args.data, args.out, samples=args.samples,
         batch_size=args.batch_size, device=args.device, seed=args.seed,

@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from lana.errors import check_output_file
     from lana.select import select
 
-    check_output_file(args.out, "--out", "select.json", inputs=[("--search", args.search)])
+    check_output_file(args.out, "--out", "select.json",
+                      inputs=[("--search", args.search), ("--pretrain", args.pretrain),
+                              ("--teacher-weights", args.teacher_weights)])
     result = call_reporting_warnings(
         select, args.search, args.pretrain, args.teacher, args.data, args.out,
         budget=args.budget, images=args.images, batch_size=args.batch_size, device=args.device,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -73,7 +75,21 @@ def test_cli_errors_are_one_line(teacher, tmp_path, capsys):
     assert "lana search" in err
     err = _one_line_error(capsys, ["finetune", "--arch", str(tmp_path / "none.json"), "--out",
                                    str(tmp_path / "ft")])
-    assert "does not exist" in err
+    assert "--arch" in err and "does not exist" in err and "lana select wrote" in err
+    # a search result with one architecture per budget: finetune has no --budget to pick one
+    arch = {"teacher": "demo", "pool": "small", "ops": ["teacher:x"]}
+    (tmp_path / "two.json").write_text(json.dumps({"targets": [
+        {"label": "0.4x", "architectures": [arch]}, {"label": "0.6x", "architectures": [arch]}]}))
+    err = _one_line_error(capsys, ["finetune", "--arch", str(tmp_path / "two.json"), "--out",
+                                   str(tmp_path / "ft")])
+    assert "several budgets; run lana select --budget B" in err
+    with pytest.raises(SystemExit) as stop:  # refused while parsing, by argparse
+        main(["finetune", "--arch", "a.json", "--out", "ft", "--index", "0"])
+    assert stop.value.code == 2 and capsys.readouterr().err == (
+        "error: lana finetune: unrecognized arguments: --index 0; see lana finetune --help\n")
+    err = _one_line_error(capsys, ["finetune", "--arch", "a.json", "--out", "ft",
+                                   "--kd-weight", "1.5"])
+    assert "--kd-weight must be in [0, 1]" in err and "temperature" not in err
     err = _one_line_error(capsys, ["pretrain", "--teacher", "demo", "--pool", "huge", "--out",
                                    str(tmp_path / "p")])
     assert "valid pools" in err

@@ -81,8 +81,13 @@ def test_interrupted_finetune_resumes_exactly(teacher, same_shape, tiny, pretrai
     assert not (tmp_path / "b" / "student.pt").exists()
     with pytest.raises(FinetuneError, match="--resume"):
         finetune(path, "demo", pretrained, tiny, tmp_path / "b", **common)
+    # settings the schedule and the weights depend on must be those the checkpoint was made with
+    with pytest.raises(FinetuneError, match=r"was made with --lr 0.001 --images 96; resume with "):
+        finetune(path, "demo", pretrained, tiny, tmp_path / "b", resume=True,
+                 **{**common, "images": 64, "lr": 0.1})
     resumed = finetune(path, "demo", pretrained, tiny, tmp_path / "b", resume=True, **common)
-    assert resumed["val_top1"] == full["val_top1"]
+    assert resumed["val_top1"] == full["val_top1"] and resumed["config"] == full["config"]
+    assert resumed["seconds"] > 0  # the interrupted run's time is counted
     a = torch.load(tmp_path / "a" / "student.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "b" / "student.pt", weights_only=True)["state_dict"]
     for k in a:
@@ -102,4 +107,12 @@ def test_resume_refuses_another_architecture(teacher, same_shape, tiny, pretrain
     ck.write_bytes(ck.read_bytes()[:100])
     with pytest.raises(FinetuneError, match="unreadable"):
         finetune(p1, "demo", pretrained, tiny, tmp_path / "ft", epochs=1, batch_size=32,
+                 images=64, resume=True, progress=False)
+    # ... nor one whose contents are not what a checkpoint holds
+    finetune(p1, "demo", pretrained, tiny, tmp_path / "ft2", epochs=1, batch_size=32, images=64,
+             progress=False)
+    ck = tmp_path / "ft2" / "checkpoint.pt"
+    torch.save({**torch.load(ck, weights_only=True), "history": None}, ck)
+    with pytest.raises(FinetuneError, match="does not fit this run"):
+        finetune(p1, "demo", pretrained, tiny, tmp_path / "ft2", epochs=1, batch_size=32,
                  images=64, resume=True, progress=False)
