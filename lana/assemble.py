@@ -11,6 +11,10 @@ what a user ships and what later stages read::
     <out>/student.onnx   the deployed form (re-parameterisable blocks fused), dynamic batch
     <out>/assembly.json  per layer: op key and where its weights came from
 
+The four files are written into a hidden folder first and replace the previous set together (a
+set without ONNX removes an older ``student.onnx``), so an interruption leaves the old set or the
+new one, never a mix; other files in ``<out>`` are left alone.
+
 :func:`load_student` rebuilds the same module from ``student.pt`` alone (bit for bit: the same
 state_dict, the same outputs).  A weight that is missing is never an error: the layer keeps its
 random initialisation and a warning says so, because latency does not depend on weights.
@@ -18,14 +22,17 @@ random initialisation and a warning says so, because latency does not depend on 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
+import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from lana.errors import UPGRADE, LanaError, newer_schema, read_json_file, refuse_other_kind
 from lana.spec import OpSpec, parse_key
@@ -489,6 +496,8 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
     from lana.export import export_onnx
     from lana.atomic import write_text
     from lana.ops import deploy
+    from lana.pretrain import read_manifest, recorded_header
+    from lana.teachers import recorded_layout
 
     if not isinstance(arch, Architecture):
         arch = read_arch(arch, index)
@@ -500,33 +509,136 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
             what = "is a file" if Path(pretrain_dir).exists() else "does not exist"
             raise ArchError(f"pretrain directory {pretrain_dir} {what}; pass the --out directory "
                             f"of lana pretrain, or leave --pretrain out for random weights")
-        from lana.pretrain import read_manifest
-
         read_manifest(pretrain_dir)  # a folder lana pretrain did not write is refused
-
-    from lana.pretrain import recorded_header
-    from lana.teachers import recorded_layout
-
     selector, input_shape = recorded_layout(arch.teacher, recorded_header(pretrain_dir), selector,
                                             input_shape)
     t = open_teacher(arch.teacher, selector=selector, input_shape=input_shape,
                      weights=teacher_weights)
+    if pretrain_dir is not None and t.pretrained:
+        read_manifest(pretrain_dir, t)  # ops distilled from other teacher weights are refused
     check_arch(arch, t)
     if not arch.layer_names:
         arch = arch.replace(layer_names=tuple(l.name for l in t.layers))
-    model, weights = build_student(arch, t, pretrain_dir=pretrain_dir, check=False)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    arch_path = write_arch(arch, out / "arch.json")
-    student_path = save_student(model, arch, t, out / "student.pt", weights=weights)
-    onnx_path = None
-    if onnx:
-        onnx_path = export_onnx(deploy(copy.deepcopy(model)), (1, *t.input_shape),
-                                out / "student.onnx", dynamic_batch=True)
-    result = Assembly(arch, out, arch_path, student_path, onnx_path, tuple(weights),
-                      t.input_shape)
-    write_text(out / "assembly.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    _prepare_out(out)
+    model, weights = build_student(arch, t, pretrain_dir=pretrain_dir, check=False)
+    names = ("arch.json", "student.pt", *(("student.onnx",) if onnx else ()), "assembly.json")
+    result = Assembly(arch, out, out / "arch.json", out / "student.pt",
+                      out / "student.onnx" if onnx else None, tuple(weights), t.input_shape)
+    stage = out / f"{_STAGE}{os.getpid()}" if out.is_dir() else (
+        out.parent / f".{out.name}.{_STAGE[1:]}{os.getpid()}")
+    try:
+        stage.mkdir(parents=True)
+        write_arch(arch, stage / "arch.json")
+        save_student(model, arch, t, stage / "student.pt", weights=weights)
+        if onnx:
+            export_onnx(deploy(copy.deepcopy(model)), (1, *t.input_shape), stage / "student.onnx",
+                        dynamic_batch=True)
+        write_text(stage / "assembly.json", json.dumps(result.to_dict(), indent=1) + "\n")
+        with _signals_held():
+            if not out.is_dir():
+                stage.rename(out)  # out did not exist: the whole folder appears at once
+            else:
+                ready = stage.with_name(stage.name + _READY)
+                stage.rename(ready)  # complete: an assemble killed from here on is finished later
+                stage = ready
+                _commit(ready, out, names)
+    except BaseException:
+        if not stage.name.endswith(_READY):  # a complete set stays for the next run to move in
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
     return result
+
+
+# What assemble writes into <out>, in the order a new set replaces the old one (manifest last).
+_OWNED = ("arch.json", "student.pt", "student.onnx", "assembly.json")
+_STAGE = ".assemble-"  # <out>/.assemble-<pid>: a set being written
+_READY = ".ready"  # <out>/.assemble-<pid>.ready: a complete set being moved into <out>
+
+
+def _prepare_out(out: Path) -> None:
+    """Finish or discard what an assemble that was killed left in (or beside) ``out``; refuse an
+    ``out`` that is a file, or one holding a folder where assemble writes a file."""
+    if out.exists() and not out.is_dir():
+        raise LanaError(f"--out {out} is a file, not a folder; name a folder, e.g. student")
+    for name in _OWNED:
+        if (out / name).is_dir():
+            raise LanaError(f"{out / name} is a folder, but lana assemble writes a file there; "
+                            f"move it away or pass another --out")
+    places = ([(out, _STAGE)] if out.is_dir() else []) + (
+        [(out.parent, f".{out.name}.{_STAGE[1:]}")] if out.name and out.parent.is_dir() else [])
+    for folder, prefix in places:
+        for stage in folder.iterdir():
+            if not stage.name.startswith(prefix):
+                continue
+            pid = stage.name[len(prefix):].removesuffix(_READY)
+            if not pid.isdigit() or not stage.is_dir() or _running(int(pid)):
+                continue
+            if folder == out and stage.name.endswith(_READY):
+                with _signals_held():
+                    _commit(stage, out)
+            else:
+                shutil.rmtree(stage, ignore_errors=True)
+
+
+def _commit(stage: Path, out: Path, names: Sequence[str] | None = None) -> None:
+    """Move the complete set in ``stage`` over the one in ``out`` and remove ``stage``.
+
+    ``names`` are the set's files; None reads them from the staged manifest (a commit that was
+    killed part way: what has been moved already is skipped).  SIGINT and SIGTERM are held by the
+    caller, so only a kill splits the renames, and the next assemble completes them.
+    """
+    manifest = stage / "assembly.json"
+    if names is None and manifest.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            onnx = json.loads(manifest.read_text()).get("onnx")
+            names = [n for n in _OWNED if n != "student.onnx" or onnx]
+    if names is not None and manifest.is_file():
+        for name in _OWNED:
+            if name not in names:
+                (out / name).unlink(missing_ok=True)  # an older set's file (student.onnx)
+        for name in names:
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (one that may still be writing its set)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then deliver the first one that came
+    (main thread only: other threads do not receive them)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous: dict[int, Any] = {}
+    try:
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                sig = getattr(signal, name)
+                previous[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if came:
+            signal.raise_signal(came[0])
 
 
 __all__ = ["ARCH_SCHEMA", "ArchError", "Architecture", "Assembly", "AssemblyWarning",
