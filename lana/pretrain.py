@@ -14,15 +14,23 @@ identity have nothing to learn; every other op gets one checkpoint, written with
 ``<out>/pretrain.json`` summarises the run::
 
     {"schema": "lana.pretrain/1", "teacher": T, "pool": P, "teacher_digest": sha256 of the
-     teacher's weights, "selector": the layer glob, "input_shape": [C, H, W], "epochs": E,
-     "complete": bool,
+     teacher's weights, "selector": the layer glob, "input_shape": [C, H, W], "data": source,
+     "epochs": E, "batch_size": B, "lr": LR, "images": N, "seed": S, "complete": bool,
      "layers": [{"index": i, "name": layer name,
                  "ops": {op_key: {"status": "teacher" | "no-weights" | "trained" | "pending",
                                   "file": path relative to out, "val_mse": MSE on held-out images,
                                   "rel_mse": val_mse / mean square of the teacher output, ...}}}]}
 
-An interrupted run resumes with ``resume=True``: ops whose checkpoint is there are skipped; a
-checkpoint that is corrupt, or from another teacher, pool or op, is an error naming the fix.
+The manifest is rewritten after every pass.  While a pass runs, its state (every op it trains,
+the optimiser, the epoch and step reached) is kept in ``<out>/pass-<digest>.pt``, written
+atomically at the end of every epoch and every :data:`PASS_CHECKPOINT_SECONDS` within one, and
+removed once the pass's op checkpoints are written.
+
+An interrupted run resumes with ``resume=True``: ops whose checkpoint is there are skipped, an
+unfinished pass continues from where its pass checkpoint stopped (as an uninterrupted pass would
+have run), and settings left out take the values the manifest recorded; a checkpoint that is
+corrupt, or from another teacher, pool or op, and settings or an input shape other than the
+recorded ones are errors naming the fix.
 
 Several processes (``torchrun --nproc_per_node 2 -m lana pretrain ...``) split the (layer, op)
 problems between them by estimated cost (FLOPs): the problems share no weights, so no gradient is
@@ -36,6 +44,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import io
+import itertools
 import json
 import math
 import time
@@ -64,8 +74,12 @@ if TYPE_CHECKING:
 
 SCHEMA = "lana.pretrain/1"
 MANIFEST = "pretrain.json"
+PASS_SCHEMA = "lana.pretrain-pass/1"
+PASS_GLOB = "pass-*.pt"
+PASS_CHECKPOINT_SECONDS = 300.0  # within an epoch, the most training an interruption can lose
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_EVAL_IMAGES = 256
+DEFAULT_SEED = 0
 
 
 class PretrainError(LanaError):
@@ -265,6 +279,10 @@ def load_op(pretrain_dir: str | Path | None, teacher: "Teacher", index: int, spe
     return module.eval()
 
 
+_JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
 def read_manifest(pretrain_dir: str | Path, teacher: "Teacher | None" = None,
                   pool: str | None = None) -> dict:
     """``<dir>/pretrain.json``, checked against the teacher (name and weights) and pool."""
@@ -277,6 +295,13 @@ def read_manifest(pretrain_dir: str | Path, teacher: "Teacher | None" = None,
     except json.JSONDecodeError as exc:
         raise PretrainError(f"{path} is not valid JSON ({exc.msg}); delete it and re-run lana "
                             f"pretrain --resume") from None
+    except UnicodeDecodeError:
+        raise PretrainError(f"{path} is not text (not UTF-8); delete it and re-run lana pretrain "
+                            f"--resume") from None
+    if not isinstance(manifest, dict):
+        raise PretrainError(f"{path} is not a pretraining manifest (a JSON "
+                            f"{_JSON_KINDS.get(type(manifest), type(manifest).__name__)}, not an "
+                            f"object); delete it and re-run lana pretrain --resume")
     if str(manifest.get("schema", "")).partition("/")[0] != SCHEMA.partition("/")[0]:
         raise PretrainError(f"{path} has schema {manifest.get('schema')!r}, expected {SCHEMA!r}; "
                             f"pass the --out directory of lana pretrain")
@@ -294,9 +319,11 @@ def read_manifest(pretrain_dir: str | Path, teacher: "Teacher | None" = None,
             raise PretrainError(f"{pretrain_dir} was distilled from other weights of teacher "
                                 f"{teacher.name}; re-run lana pretrain with a fresh --out")
     if pool is not None and manifest.get("pool") != pool:
+        fix = ("leave --pretrain out: the single-shot pool has nothing to distil" if
+               pool == "single-shot" else
+               f"pass a --pretrain folder of that pool (lana pretrain --pool {pool} --out DIR)")
         raise PretrainError(f"{pretrain_dir} holds the {manifest.get('pool')!r} pool, not "
-                            f"{pool!r}; pass --pool {manifest.get('pool')} or re-run lana "
-                            f"pretrain --pool {pool}")
+                            f"{pool!r}; {fix}")
     return manifest
 
 
@@ -411,10 +438,48 @@ def _describe(items: Sequence[WorkItem]) -> str:
     return f"{span}: " + ", ".join(f"{n}x{f}" for f, n in fams.items())
 
 
+def _pass_digest(items: Sequence[WorkItem]) -> str:
+    names = "\n".join(f"{it.layer}|{it.key}" for it in items)
+    return hashlib.sha1(names.encode()).hexdigest()[:16]
+
+
+def pass_number(items: Sequence[WorkItem]) -> int:
+    """The ``pass_index`` of :func:`train_ops` for a pass of ``items``: fixed by its ops, so a
+    resumed run trains each pass on the same data order as an uninterrupted one."""
+    return int(_pass_digest(items)[:6], 16)
+
+
+def pass_checkpoint_path(out: str | Path, items: Sequence[WorkItem]) -> Path:
+    """Where the unfinished pass training ``items`` keeps its state (named by its ops)."""
+    return Path(out) / f"pass-{_pass_digest(items)}.pt"
+
+
+def read_pass_checkpoint(path: Path, meta: dict) -> dict:
+    """The state :func:`train_ops` left in ``path``, checked to belong to the run ``meta`` names.
+
+    ``items`` comes back as ``(layer, key)`` pairs, in the pass's order.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        items = [(int(layer), str(key)) for layer, key in state["items"]]
+        schema, recorded = state["schema"], state["meta"]
+    except Exception as exc:  # a truncated or foreign file: never reuse it silently
+        raise PretrainError(f"pass checkpoint {path} is unreadable ({type(exc).__name__}); delete "
+                            f"it (its ops start over) and re-run lana pretrain --resume") from exc
+    if schema != PASS_SCHEMA or recorded != meta:
+        raise PretrainError(f"pass checkpoint {path} belongs to another pretraining (teacher, "
+                            f"data or settings); delete it (its ops start over) and re-run lana "
+                            f"pretrain --resume")
+    state["items"] = items
+    return state
+
+
 def train_ops(teacher: "Teacher", items: Sequence[WorkItem], train: Split, *, epochs: int,
               batch_size: int, lr: float, weight_decay: float, device: torch.device,
               seed: int = 0, pass_index: int = 0,
               step_callback: Callable[[str], None] | None = None,
+              checkpoint: Path | None = None, meta: dict | None = None,
+              state: dict | None = None,
               ) -> tuple[dict[WorkItem, nn.Module], dict[WorkItem, float]]:
     """Distil ``items`` together for ``epochs`` epochs of ``train`` (one pass).
 
@@ -423,6 +488,12 @@ def train_ops(teacher: "Teacher", items: Sequence[WorkItem], train: Split, *, ep
     and one AdamW step updates all ops.  AdamW normalises each parameter's step, so summing the
     independent losses trains every op exactly as if it were trained alone.  Returns the trained
     modules (train mode) and each op's mean training MSE over the last epoch.
+
+    The data order and augmentation are seeded by ``seed`` and ``pass_index``.  With
+    ``checkpoint``, the pass's state (ops, optimiser, epoch and step reached, random state, and
+    ``meta`` for :func:`read_pass_checkpoint`) is written there atomically at the end of every
+    epoch and every :data:`PASS_CHECKPOINT_SECONDS` within one; ``state``, what such a file
+    holds, continues the pass where it stopped, as an uninterrupted pass would have run.
     """
     modules = {it: place_module(build_op(it.spec, it.layer), device).train() for it in items}
     by_layer: dict[int, list[WorkItem]] = {}
@@ -438,13 +509,52 @@ def train_ops(teacher: "Teacher", items: Sequence[WorkItem], train: Split, *, ep
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, max(1, total // 20)))
     scaler = grad_scaler(device)
     last_loss = {it: 0.0 for it in items}
-    with LayerTaps(teacher, by_layer) as taps:
-        for epoch in range(epochs):
-            sums = {it: 0.0 for it in items}
-            count = 0
-            for x, _ in iter_batches(train, batch_size, shuffle=True, seed=seed,
-                                     epoch=pass_index * 1000 + epoch, drop_last=True,
-                                     augment=True):
+    first_epoch, first_step, first_sums = 0, 0, [0.0] * len(items)
+    if state is not None:
+        try:
+            for it, module_state in zip(items, state["modules"], strict=True):
+                modules[it].load_state_dict(module_state, strict=True)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            first_epoch, first_step = int(state["epoch"]), int(state["step"])
+            first_sums = [float(v) for v in state["sums"]]
+            last_loss = dict(zip(items, (float(v) for v in state["last_loss"]), strict=True))
+            rng = state["rng"]
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise PretrainError(f"pass checkpoint {checkpoint} does not fit its ops ({first}); "
+                                f"delete it (its ops start over) and re-run lana pretrain "
+                                f"--resume") from exc
+
+    def save(epoch: int, step: int, sums: dict[WorkItem, float]) -> None:
+        from lana.atomic import write_bytes
+
+        buf = io.BytesIO()
+        torch.save({"schema": PASS_SCHEMA, "meta": meta,
+                    "items": [[it.layer, it.key] for it in items], "pass_index": pass_index,
+                    "epoch": epoch, "step": step, "sums": [sums[it] for it in items],
+                    "last_loss": [last_loss[it] for it in items],
+                    "modules": [modules[it].state_dict() for it in items],
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state()}, buf)
+        write_bytes(checkpoint, buf.getvalue())
+
+    saved_at = time.monotonic()
+    with torch.random.fork_rng(devices=[]), LayerTaps(teacher, by_layer) as taps:
+        torch.manual_seed(int(seed) * 100003 + int(pass_index))  # the augmentation's draws
+        for epoch in range(first_epoch, epochs):
+            resuming = state is not None and epoch == first_epoch
+            sums = dict(zip(items, first_sums)) if resuming else {it: 0.0 for it in items}
+            count = first_step if resuming else 0
+            batches = iter_batches(train, batch_size, shuffle=True, seed=seed,
+                                   epoch=pass_index * 1000 + epoch, drop_last=True,
+                                   augment=True)
+            if resuming:
+                for _ in itertools.islice(batches, first_step):  # trained before the checkpoint
+                    pass
+                torch.set_rng_state(rng)
+            for x, _ in batches:
                 with autocast(device):
                     captured = taps.run(place(x, device))
                 opt.zero_grad(set_to_none=True)
@@ -463,11 +573,18 @@ def train_ops(teacher: "Teacher", items: Sequence[WorkItem], train: Split, *, ep
                 count += 1
                 if step_callback is not None:
                     step_callback(f"epoch {epoch + 1}/{epochs}")
+                if (checkpoint is not None and count < steps_per_epoch
+                        and time.monotonic() - saved_at >= PASS_CHECKPOINT_SECONDS):
+                    save(epoch, count, sums)
+                    saved_at = time.monotonic()
             last_loss = {it: s / max(1, count) for it, s in sums.items()}
             bad = [it.key for it, v in last_loss.items() if not math.isfinite(v)]
             if bad:
                 raise PretrainError(f"distillation diverged for {len(bad)} op(s) (e.g. {bad[0]}); "
-                                    f"lower --lr (now {lr:g}) and re-run with --resume")
+                                    f"lower --lr (now {lr:g}) and re-run with a fresh --out")
+            if checkpoint is not None:
+                save(epoch + 1, 0, {it: 0.0 for it in items})
+                saved_at = time.monotonic()
     return modules, last_loss
 
 
@@ -490,13 +607,44 @@ def _flops_cost(spec: OpSpec) -> float:
         return 1e6
 
 
+def _recorded(manifest: dict | None, name: str, kind: type | tuple[type, ...]) -> Any:
+    """``manifest[name]`` when it is a ``kind`` (a damaged value counts as not recorded)."""
+    value = manifest.get(name) if manifest is not None else None
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _setting(given: Any, manifest: dict | None, name: str, kind: type | tuple[type, ...],
+             default: Any) -> Any:
+    """``given``, else the value ``manifest`` recorded as ``name``, else ``default``."""
+    if given is not None:
+        return given
+    value = _recorded(manifest, name, kind)
+    return default if value is None else value
+
+
+def _recorded_shape(manifest: dict | None) -> tuple[int, ...] | None:
+    shape = _recorded(manifest, "input_shape", list)
+    if shape and all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        return tuple(shape)
+    return None
+
+
+def _same_data(recorded: str, source: str) -> bool:
+    """Whether two data sources are the same (a directory named by another path counts)."""
+    if recorded == source:
+        return True
+    a, b = Path(recorded), Path(source)
+    return a.is_dir() and b.is_dir() and a.resolve() == b.resolve()
+
+
 def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
-             out: str | Path = "run/pretrain", *, epochs: int = DEFAULT_EPOCHS,
+             out: str | Path = "run/pretrain", *, epochs: int | None = None,
              ops_per_pass: int | None = None, resume: bool = False,
-             batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
+             batch_size: int | None = None, lr: float | None = None,
              weight_decay: float = DEFAULT_WEIGHT_DECAY, images: int | None = None,
              eval_images: int = DEFAULT_EVAL_IMAGES, measure_init: bool = False,
-             device: str | None = None, seed: int = 0, layers: Sequence[int] | None = None,
+             device: str | None = None, seed: int | None = None,
+             layers: Sequence[int] | None = None,
              teacher_weights: str | Path | None = None, selector: str | None = None,
              input_shape: Any = None, progress: bool = True) -> dict:
     """Distil every candidate op of ``pool`` from ``teacher`` and write ``out`` (see module doc).
@@ -504,19 +652,38 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
     ``images`` caps the training images (a quick run), ``layers`` restricts the layers trained,
     ``ops_per_pass`` bounds how many ops per layer train in one pass (memory; default all),
     ``measure_init`` also records each op's held-out MSE before training.  ``selector`` and
-    ``input_shape`` are a user module's (on resume, by default, those recorded).  Returns the
+    ``input_shape`` are a user module's.  On ``resume``, ``data``, ``epochs``, ``batch_size``,
+    ``lr``, ``images``, ``seed``, ``ops_per_pass`` and ``input_shape`` left None take the values
+    ``out`` recorded (else :data:`DEFAULT_EPOCHS`, ... and all images); a value other than the
+    recorded one is refused, as the ops trained so far were distilled with it.  Returns the
     manifest.
     """
+    from lana.checkpoints import op_checkpoint_path, save_checkpoint
+    from lana.ops import POOLS
+    from lana.pool import build_pool
+
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    old = read_manifest(out) if manifest_path.is_file() else None
+    recorded = old if resume else None
+    epochs = _setting(epochs, recorded, "epochs", int, DEFAULT_EPOCHS)
+    batch_size = _setting(batch_size, recorded, "batch_size", int, DEFAULT_BATCH_SIZE)
+    lr = _setting(lr, recorded, "lr", (int, float), DEFAULT_LR)
+    seed = _setting(seed, recorded, "seed", int, DEFAULT_SEED)
+    images = _setting(images, recorded, "images", int, None)
+    ops_per_pass = _setting(ops_per_pass, recorded, "ops_per_pass", int, None)
+    if input_shape is None:
+        input_shape = _recorded_shape(recorded)
+    if data is None:
+        source = _recorded(recorded, "data", str)
+        if source not in (None, "digits") and Path(source).is_dir():
+            data = source
     if epochs < 1:
         raise PretrainError(f"--epochs must be at least 1, got {epochs}")
     if batch_size < 1:
         raise PretrainError(f"--batch-size must be at least 1, got {batch_size}")
     if ops_per_pass is not None and ops_per_pass < 1:
         raise PretrainError(f"--ops-per-pass must be at least 1, got {ops_per_pass}")
-    from lana.checkpoints import op_checkpoint_path, save_checkpoint
-    from lana.ops import POOLS
-    from lana.pool import build_pool
-
     if pool not in POOLS:
         raise PretrainError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
     info = setup(device)
@@ -524,11 +691,8 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
         t = open_teacher(teacher, teacher_weights, selector=selector, input_shape=input_shape,
                          pretrain=out)
         place_module(t.model, info.device).eval()
-        out = Path(out)
         digest = teacher_digest(t)
-        manifest_path = out / MANIFEST
-        if manifest_path.is_file():
-            old = read_manifest(out)
+        if old is not None:
             if old.get("teacher") != t.name or old.get("pool") != pool or old.get(
                     "teacher_digest") != digest or old.get("selector") not in (None, t.selector):
                 raise PretrainError(
@@ -538,12 +702,33 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
             if not resume:
                 raise PretrainError(f"{out} already holds a pretraining; pass --resume to "
                                     f"continue it or a fresh --out to start over")
-        elif not resume and out.is_dir() and any(out.glob("layer*/*.pt")):
+            shape = _recorded_shape(old)
+            if shape is not None and shape != tuple(t.input_shape):
+                raise PretrainError(f"{out} holds a pretraining at input shape "
+                                    f"{','.join(map(str, shape))}, not "
+                                    f"{','.join(map(str, t.input_shape))}; leave --input-shape "
+                                    f"out or pass a fresh --out")
+        elif not resume and out.is_dir() and (any(out.glob("layer*/*.pt"))
+                                              or any(out.glob(PASS_GLOB))):
             raise PretrainError(f"{out} already holds op checkpoints; pass --resume to continue "
                                 f"or a fresh --out to start over")
         splits = load_splits(data, t, seed)
         train = splits.train.subset(images, seed)
         val = splits.val.plain().subset(eval_images, seed)
+        if recorded is not None:
+            source = _recorded(recorded, "data", str)
+            if source is not None and not _same_data(source, splits.source):
+                raise PretrainError(f"{out} was pretrained on data {source}, not {splits.source}; "
+                                    f"pass --data {source} or a fresh --out")
+            now = {"epochs": epochs, "images": len(train), "batch_size": batch_size, "lr": lr,
+                   "seed": seed}
+            differ = [name for name, value in now.items()
+                      if recorded.get(name) is not None and recorded.get(name) != value]
+            if differ:
+                given = " ".join(f"--{name.replace('_', '-')} {recorded[name]}" for name in differ)
+                raise PretrainError(f"{out} was pretrained with {given}; resume with the same "
+                                    f"values (or leave them out to use them) or pass a fresh "
+                                    f"--out")
         pools = build_pool(t, pool)
         wanted = set(range(len(pools))) if layers is None else {int(i) for i in layers}
         bad = sorted(i for i in wanted if not 0 <= i < len(pools))
@@ -584,32 +769,63 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
         base = {"schema": SCHEMA, "teacher": t.name, "pool": pool, "teacher_digest": digest,
                 "selector": t.selector, "input_shape": list(t.input_shape), "data": splits.source,
                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "images": len(train),
-                "ops_per_pass": ops_per_pass, "world_size": info.world_size}
-        barrier(info)  # every rank has checked the directory before rank 0 writes to it
-        if info.is_main:
-            _write_json(manifest_path, _manifest(base, pools, status, complete=False))
-        barrier(info)
+                "seed": seed, "ops_per_pass": ops_per_pass, "world_size": info.world_size}
+        # What a pass checkpoint must match to be continued.
+        pass_meta = {"teacher": t.name, "pool": pool, "teacher_digest": digest,
+                     "input_shape": list(t.input_shape), "epochs": epochs,
+                     "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                     "images": len(train), "seed": seed}
 
         mine = todo
         if info.distributed:
             mine = shard_balanced(todo, [_flops_cost(it.spec) for it in todo], info.rank,
                                   info.world_size)
+        # Unfinished passes whose ops are all this rank's continue first; those with an op that
+        # is no longer pending are dropped; the rest wait for a run that holds all their ops.
+        states: dict[Path, dict] = {}
+        resumed: list[tuple[list[WorkItem], Path]] = []
+        kept: dict[Path, list[tuple[int, str]]] = {}
+        stale: list[Path] = []
+        if resume and out.is_dir():
+            free = {(it.layer, it.key): it for it in mine}
+            for path in sorted(out.glob(PASS_GLOB)):
+                state = read_pass_checkpoint(path, pass_meta)
+                ids = state["items"]
+                if any(status.get(i, {}).get("status") != "pending" for i in ids):
+                    stale.append(path)
+                elif ids and len(set(ids)) == len(ids) and all(i in free for i in ids):
+                    resumed.append(([free.pop(i) for i in ids], path))
+                    states[path] = state
+                else:
+                    kept[path] = ids
+            mine = list(free.values())
+        barrier(info)  # every rank has checked the directory before rank 0 writes to it
+        if info.is_main:
+            _write_json(manifest_path, _manifest(base, pools, status, complete=False))
+            for path in stale:
+                path.unlink(missing_ok=True)
+        barrier(info)
+
         per_layer: dict[int, list[WorkItem]] = {}
         for it in mine:
             per_layer.setdefault(it.layer, []).append(it)
         k = ops_per_pass or max((len(v) for v in per_layer.values()), default=1)
-        n_passes = max((math.ceil(len(v) / k) for v in per_layer.values()), default=0)
-        passes = [[it for v in per_layer.values() for it in v[p * k:(p + 1) * k]]
-                  for p in range(n_passes)]
-        steps = num_batches(len(train), batch_size, drop_last=True) * epochs * n_passes
+        n_fresh = max((math.ceil(len(v) / k) for v in per_layer.values()), default=0)
+        fresh = [[it for v in per_layer.values() for it in v[p * k:(p + 1) * k]]
+                 for p in range(n_fresh)]
+        passes = resumed + [(items, pass_checkpoint_path(out, items)) for items in fresh]
+        per_epoch = num_batches(len(train), batch_size, drop_last=True)
+        steps = per_epoch * epochs * n_fresh + sum(
+            per_epoch * (epochs - int(states[path]["epoch"])) - int(states[path]["step"])
+            for _, path in resumed)
 
         start = time.perf_counter()
         done: dict[tuple[int, str], dict] = {}
         bar = progress_bar(progress and info.is_main)
         with (bar if bar is not None else contextlib.nullcontext()):
             task = bar.add_task("distilling", total=steps) if bar is not None else None
-            for p, items in enumerate(passes):
-                label = f"pass {p + 1}/{n_passes} · {len(items)} ops · {_describe(items)}"
+            for p, (items, checkpoint) in enumerate(passes):
+                label = f"pass {p + 1}/{len(passes)} · {len(items)} ops · {_describe(items)}"
 
                 def tick(epoch_text: str, label=label) -> None:
                     if bar is not None:
@@ -617,14 +833,15 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
 
                 init = {}
                 if measure_init:
-                    fresh = {it: place_module(build_op(it.spec, it.layer), info.device)
-                             for it in items}
-                    init = evaluate_mse(t, fresh, val, 128, info.device)
-                    del fresh
+                    fresh_ops = {it: place_module(build_op(it.spec, it.layer), info.device)
+                                 for it in items}
+                    init = evaluate_mse(t, fresh_ops, val, 128, info.device)
+                    del fresh_ops
                 modules, train_mse = train_ops(
                     t, items, train, epochs=epochs, batch_size=batch_size, lr=lr,
-                    weight_decay=weight_decay, device=info.device, seed=seed, pass_index=p,
-                    step_callback=tick)
+                    weight_decay=weight_decay, device=info.device, seed=seed,
+                    pass_index=pass_number(items), step_callback=tick, checkpoint=checkpoint,
+                    meta=pass_meta, state=states.pop(checkpoint, None))
                 held_out = evaluate_mse(t, modules, val, 128, info.device)
                 for it in items:
                     mse, power = held_out[it]
@@ -639,6 +856,10 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
                     done[(it.layer, it.key)] = {"status": "trained", "rank": info.rank,
                                                 "file": str(path.relative_to(out)), **meta}
                 del modules
+                if info.is_main:  # other ranks' ops are added when every rank is done
+                    _write_json(manifest_path, _manifest(base, pools, {**status, **done},
+                                                         complete=False))
+                checkpoint.unlink(missing_ok=True)
         seconds = time.perf_counter() - start
 
         for part in all_gather_objects(info, done):
@@ -648,6 +869,9 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
                              status, complete=complete)
         if info.is_main:
             _write_json(manifest_path, manifest)
+            for path, ids in kept.items():
+                if any(status.get(i, {}).get("status") != "pending" for i in ids):
+                    path.unlink(missing_ok=True)
         barrier(info)
         return manifest
     finally:
@@ -663,7 +887,8 @@ def _manifest(base: dict, pools: list, status: dict, *, complete: bool) -> dict:
     return {**base, "complete": complete, "layers": layers}
 
 
-__all__ = ["DEFAULT_EPOCHS", "LayerTaps", "MANIFEST", "PretrainError", "SCHEMA", "Splits",
-           "WorkItem", "build_op", "evaluate_mse", "load_op", "load_splits", "needs_training",
-           "op_seed", "open_teacher", "pretrain", "read_manifest", "read_op_checkpoint",
+__all__ = ["DEFAULT_EPOCHS", "LayerTaps", "MANIFEST", "PASS_CHECKPOINT_SECONDS", "PretrainError",
+           "SCHEMA", "Splits", "WorkItem", "build_op", "evaluate_mse", "load_op", "load_splits",
+           "needs_training", "op_seed", "open_teacher", "pass_checkpoint_path", "pass_number",
+           "pretrain", "read_manifest", "read_op_checkpoint", "read_pass_checkpoint",
            "recorded_header", "teacher_digest", "train_ops"]

@@ -3,8 +3,10 @@
 One no-grad teacher forward feeds all layers; several ops per layer train on the same features
 (--ops-per-pass, default all), so the whole pool costs about M / ops-per-pass passes of --epochs
 epochs.  Writes one checkpoint per (layer, op) under OUT and OUT/pretrain.json; an interrupted run
-continues with --resume.  Run several processes with torchrun --nproc_per_node N -m lana pretrain
-...: the (layer, op) problems are split between them by cost.
+continues with --resume (an unfinished pass from where it was last saved, at every epoch's end and
+every few minutes), and the settings left out then take the values OUT recorded.  Run several
+processes with torchrun --nproc_per_node N -m lana pretrain ...: the (layer, op) problems are split
+between them by cost.
 """
 
 from __future__ import annotations
@@ -17,15 +19,33 @@ import warnings
 from lana.cli import command_parser, layer_arguments, positive, whole
 
 
-def add_common(p: argparse.ArgumentParser, recorded: str = "--pretrain") -> None:
-    """Options every training stage shares (``recorded``: what holds a user module's layout)."""
+class Given(argparse.Action):
+    """Store an option's value and note in ``namespace.given`` that it was typed, so that a
+    resumed run can tell a value left at its default from one asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
+def add_common(p: argparse.ArgumentParser, recorded: str = "--pretrain", *,
+               resumable: bool = False) -> None:
+    """Options every training stage shares (``recorded``: what holds a user module's layout;
+    ``resumable``: --seed defaults to the recorded one on --resume, see :class:`Given`)."""
     layer_arguments(p, recorded)
     p.add_argument("--data", help="data directory (train/<class>/, val/<class>/); default: the "
-                   "embedded digits")
+                   "embedded digits" + (", or the one OUT recorded on --resume" if resumable
+                                       else ""))
     p.add_argument("--teacher-weights", help="state_dict file of the teacher (default: the weights "
                    "shipped with it, or those a user module's factory loads)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--seed", type=whole(0), default=0, help="data order and splits (default: 0)")
+    if resumable:
+        p.add_argument("--seed", type=whole(0), default=0, action=Given,
+                       help="data order and splits (default: 0, or the one OUT recorded on "
+                       "--resume)")
+    else:
+        p.add_argument("--seed", type=whole(0), default=0, help="data order and splits "
+                       "(default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -49,22 +69,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     from lana.defaults import PRETRAIN_EPOCHS as DEFAULT_EPOCHS
     from lana.defaults import PRETRAIN_LR as DEFAULT_LR
 
+    # --resume takes the recorded value of every setting below that is left out (see Given).
+    recorded = "or the one OUT recorded on --resume"
     p = command_parser(sub, "pretrain", __doc__)
     p.add_argument("--teacher", required=True, help="registry name or path/to/file.py:factory")
     p.add_argument("--pool", default="small", help="full, small or single-shot (default: small)")
     p.add_argument("--out", required=True, help="output directory (e.g. run/pretrain)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                   help=f"epochs per pass (default: {DEFAULT_EPOCHS})")
-    p.add_argument("--ops-per-pass", type=int, help="ops per layer trained together (default: all)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, action=Given,
+                   help=f"epochs per pass (default: {DEFAULT_EPOCHS}, {recorded})")
+    p.add_argument("--ops-per-pass", type=int,
+                   help=f"ops per layer trained together (default: all, {recorded})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
-    p.add_argument("--batch-size", type=whole(1), default=DEFAULT_BATCH_SIZE,
-                   help=f"(default: {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--lr", type=positive, default=DEFAULT_LR,
-                   help=f"AdamW peak (default: {DEFAULT_LR})")
-    p.add_argument("--images", type=whole(1), help="use at most N training images (quick runs)")
+    p.add_argument("--batch-size", type=whole(1), default=DEFAULT_BATCH_SIZE, action=Given,
+                   help=f"(default: {DEFAULT_BATCH_SIZE}, {recorded})")
+    p.add_argument("--lr", type=positive, default=DEFAULT_LR, action=Given,
+                   help=f"AdamW peak (default: {DEFAULT_LR}, {recorded})")
+    p.add_argument("--images", type=whole(1),
+                   help=f"use at most N training images (quick runs; default: all, {recorded})")
     p.add_argument("--layer", type=int, action="append", help="train only these layer indices")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    add_common(p, "OUT (on --resume)")
+    add_common(p, "OUT (on --resume)", resumable=True)
     p.set_defaults(func=run)
 
 
@@ -73,11 +97,16 @@ def run(args: argparse.Namespace) -> int:
     from lana.pretrain import pretrain
 
     check_output_dir(args.out, "--out", "run/pretrain")
+    given = getattr(args, "given", set())
+
+    def typed(name: str):  # None lets pretrain() pick the default or the recorded value
+        return getattr(args, name) if name in given else None
+
     manifest = call_reporting_warnings(
-        pretrain, args.teacher, args.pool, args.data, args.out, epochs=args.epochs,
-        ops_per_pass=args.ops_per_pass, resume=args.resume, batch_size=args.batch_size,
-        lr=args.lr, images=args.images, layers=args.layer, device=args.device, seed=args.seed,
-        teacher_weights=args.teacher_weights, selector=args.selector,
+        pretrain, args.teacher, args.pool, args.data, args.out, epochs=typed("epochs"),
+        ops_per_pass=args.ops_per_pass, resume=args.resume, batch_size=typed("batch_size"),
+        lr=typed("lr"), images=args.images, layers=args.layer, device=args.device,
+        seed=typed("seed"), teacher_weights=args.teacher_weights, selector=args.selector,
         input_shape=args.input_shape, progress=not args.no_progress)
     if args.json:
         json.dump(manifest, sys.stdout, indent=1)
