@@ -41,6 +41,13 @@ measured 0.61 of it minutes later.  When the teacher of a round measures more th
 is measured again after :data:`SETTLE_S` seconds, up to ``settle`` times, and the attempt whose
 teacher came closest to the prediction is kept; the log says so, and the round records
 ``teacher_vs_calibration`` and ``attempts``.
+
+Busy moments shorter than a round make single candidates look fast: in another run three of ten
+near-identical candidates passed at 0.42-0.49 of the teacher with their repeats spread 63-109 %,
+while the other seven measured 0.60-0.79, and the student measured 0.62 in the validation.  A
+candidate that passes on repeats spread more than :data:`BUSY_SPREAD` is therefore measured
+again beside the teacher and passes only if it passes again (``remeasured_ratio`` and
+``remeasured_spread`` record that measurement).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from lana.errors import LanaError
 VERIFY_SCHEMA = "lana.verify/1"
 MIN_SHRINK = 0.01  # each re-search lowers the predicted limit by at least this share
 AIM = 0.02  # a re-search aims this share inside the budget
-BUSY_SPREAD = 0.15  # a round whose networks' repeats spread more (median) is reported as noisy
+BUSY_SPREAD = 0.15  # a round spread more (median) is reported as noisy; a pass measured again
 OFF_SPEED = 0.30  # a teacher this far from its calibrated prediction: the machine's speed changed
 SETTLE_S = 30.0  # pause before measuring such a round again
 
@@ -179,8 +186,22 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
                              "measured_ratio": ms / teacher_ms, "spread": spread,
                              "x": pred_ms / scale_pred, "y": ms / scale_meas,
                              "passed": ms <= budget_ms, "round": r})
-        passed = sum(1 for m in measured if m["passed"])
         this = [m for m in measured if m["round"] == r]
+        # A pass on repeats that spread widely may be a lucky moment of a busy machine: such
+        # candidates are measured again (beside the teacher) and pass only if they pass again.
+        unsure = [m for m in this if m["passed"] and m["spread"] > BUSY_SPREAD]
+        if unsure:
+            again = measure_architectures([teacher_ops] + [m["keys"] for m in unsure], the_lut,
+                                          preset, repeats=repeats, progress=tick)
+            limit_again = parse_budget(budget, again[0][0]) if relative else budget_ms
+            for m, (ms, spread) in zip(unsure, again[1:]):
+                m.update(passed=ms <= limit_again, remeasured_ratio=ms / again[0][0],
+                         remeasured_spread=spread)
+            if log is not None:
+                log(f"round {r + 1}: {len(unsure)} candidate(s) passed on repeats spread over "
+                    f"{BUSY_SPREAD:.0%}; measured again, "
+                    f"{sum(1 for m in unsure if m['passed'])} still pass")
+        passed = sum(1 for m in measured if m["passed"])
         q75 = _quantile([m["y"] / m["x"] for m in this], 0.75)
         spread = _quantile([s for _, s in results], 0.5)
         round_log.append({"limit_ms": limit, "found": len(batch),
