@@ -16,10 +16,9 @@ def validate_run(p: "Pipeline") -> dict[str, Any]:
 
     Both stay open while they are measured in alternation (the run's ``repeats`` rounds, the
     order flipping each round) so drift of a shared machine hits both; the speed-up is the ratio
-    of their medians.  The predicted-vs-measured plot also
-    shows the other candidates: those the verify stage measured, scaled to this session's teacher,
-    or (a run without that stage) the search's candidates, measured once each here with random
-    weights.
+    of their medians.  The predicted-vs-measured plot also shows the other candidates: those the
+    verify stage measured, scaled to this session's teacher, or (a run without that stage) the
+    search's candidates, measured once each here with random weights.
     """
     from lana.assemble import load_student, read_arch, teacher_architecture
     from lana.bench import interleaved
