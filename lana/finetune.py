@@ -153,6 +153,8 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
                          else a.teacher, teacher_weights, selector=selector,
                          input_shape=input_shape, pretrain=pretrain)
         check_arch(a, t)
+        out = Path(out)
+        ckpt_path = out / CHECKPOINT
         pool = a.pool or None
         if pretrain is not None:
             pool = read_manifest(pretrain, t, pool).get("pool")
@@ -160,13 +162,11 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
             from lana.pretrain import needs_training
 
             fresh = sum(1 for s in a.specs if needs_training(s))
-            if fresh and not (resume and (Path(out) / CHECKPOINT).is_file()):  # else restored
+            if fresh and not (resume and ckpt_path.is_file()):  # else restored from it
                 warnings.warn(f"no --pretrain directory: {fresh} replaced layer(s) start from "
                               f"random weights instead of their distilled ones", stacklevel=2)
         if not a.layer_names:
             a = a.replace(layer_names=tuple(l.name for l in t.layers))
-        out = Path(out)
-        ckpt_path = out / CHECKPOINT
         if ckpt_path.is_file() and not resume:
             raise FinetuneError(f"{out} holds an unfinished or finished fine-tuning; pass --resume "
                                 f"to continue it or a fresh --out to start over")

@@ -66,7 +66,7 @@ from lana.defaults import (
 from lana.distributed import (Split, all_gather_objects, as_split, autocast, barrier,
                               grad_scaler, iter_batches, num_batches, place, place_module,
                               progress_bar, setup, shard_balanced, teardown)
-from lana.errors import LanaError
+from lana.errors import LanaError, read_json_file
 from lana.spec import OpSpec
 
 if TYPE_CHECKING:
@@ -290,14 +290,9 @@ def read_manifest(pretrain_dir: str | Path, teacher: "Teacher | None" = None,
     if not path.is_file():
         raise PretrainError(f"{pretrain_dir} is not a pretraining directory (no {MANIFEST}); run "
                             f"lana pretrain --out {pretrain_dir} first")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PretrainError(f"{path} is not valid JSON ({exc.msg}); delete it and re-run lana "
-                            f"pretrain --resume") from None
-    except UnicodeDecodeError:
-        raise PretrainError(f"{path} is not text (not UTF-8); delete it and re-run lana pretrain "
-                            f"--resume") from None
+    manifest = read_json_file(path, PretrainError, "pretraining manifest",
+                              missing=f"run lana pretrain --out {pretrain_dir} first",
+                              invalid="delete it and re-run lana pretrain --resume")
     if not isinstance(manifest, dict):
         raise PretrainError(f"{path} is not a pretraining manifest (a JSON "
                             f"{_JSON_KINDS.get(type(manifest), type(manifest).__name__)}, not an "
@@ -674,10 +669,9 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
     ops_per_pass = _setting(ops_per_pass, recorded, "ops_per_pass", int, None)
     if input_shape is None:
         input_shape = _recorded_shape(recorded)
-    if data is None:
-        source = _recorded(recorded, "data", str)
-        if source not in (None, "digits") and Path(source).is_dir():
-            data = source
+    recorded_data = _recorded(recorded, "data", str)
+    if data is None and recorded_data not in (None, "digits") and Path(recorded_data).is_dir():
+        data = recorded_data
     if epochs < 1:
         raise PretrainError(f"--epochs must be at least 1, got {epochs}")
     if batch_size < 1:
@@ -716,10 +710,10 @@ def pretrain(teacher: "str | Teacher", pool: str = "small", data: Any = None,
         train = splits.train.subset(images, seed)
         val = splits.val.plain().subset(eval_images, seed)
         if recorded is not None:
-            source = _recorded(recorded, "data", str)
-            if source is not None and not _same_data(source, splits.source):
-                raise PretrainError(f"{out} was pretrained on data {source}, not {splits.source}; "
-                                    f"pass --data {source} or a fresh --out")
+            if recorded_data is not None and not _same_data(recorded_data, splits.source):
+                raise PretrainError(f"{out} was pretrained on data {recorded_data}, not "
+                                    f"{splits.source}; pass --data {recorded_data} or a fresh "
+                                    f"--out")
             now = {"epochs": epochs, "images": len(train), "batch_size": batch_size, "lr": lr,
                    "seed": seed}
             differ = [name for name, value in now.items()
