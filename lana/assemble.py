@@ -500,7 +500,7 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
     from lana.teachers import recorded_layout
 
     if not isinstance(arch, Architecture):
-        arch = read_arch(arch, index)
+        arch = _with_budget(read_arch(arch, index), arch, index)
     if teacher is not None and teacher != arch.teacher:
         raise ArchError(f"the architecture is for teacher {arch.teacher!r}, not {teacher!r}; "
                         f"pass --teacher {arch.teacher} or an architecture searched for {teacher}")
@@ -548,6 +548,21 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
             shutil.rmtree(stage, ignore_errors=True)
         raise
     return result
+
+
+def _with_budget(arch: Architecture, path: str | Path, index: int | None) -> Architecture:
+    """``arch`` read from ``path``, holding the budget as the search was given it (``"0.5x"``)
+    when the file records it around the architecture (a search report), so ``lana validate``
+    of the assembled ``arch.json`` judges that budget rather than its predicted limit."""
+    from lana.validate import recorded_budget
+
+    if arch.extra.get("budget") is not None or "selection" in arch.extra:
+        return arch
+    with contextlib.suppress(OSError, ValueError):
+        label = recorded_budget(json.loads(Path(path).read_text()), index, path)
+        if label is not None:
+            return arch.replace(extra={**arch.extra, "budget": label})
+    return arch
 
 
 # What assemble writes into <out>, in the order a new set replaces the old one (manifest last).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import re
 import shutil
@@ -23,7 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from lana.errors import LanaError, UnknownNameError
 
@@ -238,7 +239,7 @@ def measure_network(model: "nn.Module | str | Path", input_shape: Sequence[int],
 
 def is_relative_budget(text: str | float | None) -> bool:
     """Whether a budget is a fraction of the teacher (``"0.5x"``) rather than milliseconds."""
-    return isinstance(text, str) and text.strip().endswith("x")
+    return isinstance(text, str) and text.strip().lower().endswith("x")
 
 
 def parse_budget(text: str | float | None, teacher_ms: float | None = None) -> float | None:
@@ -249,11 +250,12 @@ def parse_budget(text: str | float | None, teacher_ms: float | None = None) -> f
     if isinstance(text, (int, float)):
         value, relative = float(text), False
     else:
-        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(x|ms)?\s*", str(text))
+        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(x|ms)?\s*", str(text),
+                         re.IGNORECASE)
         if not m:
             raise ValidationError(f"budget {text!r} is neither milliseconds (e.g. 4.2) nor a "
                                   f"fraction of the teacher (e.g. 0.5x)")
-        value, relative = float(m[1]), m[2] == "x"
+        value, relative = float(m[1]), (m[2] or "").lower() == "x"
     if not math.isfinite(value) or value <= 0:
         raise ValidationError(f"budget must be positive: milliseconds (e.g. 4.2) or a fraction of "
                               f"the teacher (e.g. 0.5x), got {text!r}")
@@ -301,6 +303,136 @@ def architecture_budget(arch: "Architecture", lut: "Lut", device: str
     return arch.budget_ms, None
 
 
+def _budget_text(value: Any) -> str | None:
+    """``value`` as a budget string validate can check (``"0.5x"``, ``"12.5"``), else ``None``."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = f"{float(value):g}" if isinstance(value, (int, float)) else str(value).strip().lower()
+    try:
+        parse_budget(text, 1.0)
+    except ValidationError:
+        return None
+    return text
+
+
+def _own_budget(node: Any) -> str | None:
+    """The budget as given that an architecture object records itself: a ``budget`` field, or
+    the ``selection`` record ``lana select`` adds (kept by ``lana assemble``)."""
+    if not isinstance(node, Mapping):
+        return None
+    own = _budget_text(node.get("budget"))
+    if own is None and isinstance(node.get("selection"), Mapping):
+        own = _budget_text(node["selection"].get("budget"))
+    return own
+
+
+def _arch_budgets(node: Any, ctx: dict) -> list[str | None]:
+    """The budget as given around every ``lana.arch`` object of a document, in the order
+    :func:`lana.assemble.read_arch` counts them (``--index``), with the budget context
+    :func:`lana.select.read_architectures` reads (a search report's ``budgets`` ``given``, a verify
+    result's ``budget``, lists keyed by budget labels)."""
+    from lana.select import _CONTAINERS, _budget_context
+
+    if isinstance(node, Mapping):
+        if str(node.get("schema", "")).startswith("lana.arch/"):
+            return [_own_budget(node) or _budget_text(ctx.get("budget"))]
+        here = _budget_context(node, ctx)
+        found: list[str | None] = []
+        for key, value in node.items():
+            if isinstance(value, (list, Mapping)):
+                sub = here
+                if isinstance(value, list) and key not in _CONTAINERS and key != "pareto":
+                    sub = {**here, "budget": str(key)}
+                found += _arch_budgets(value, sub)
+        return found
+    if isinstance(node, list):
+        return [b for item in node for b in _arch_budgets(item, ctx)]
+    return []
+
+
+def recorded_budget(doc: Any, index: int | None = None, path: str | Path = "architecture file"
+                    ) -> str | None:
+    """The budget as the search was given it (``"0.5x"``, ``"12.5"``) that the parsed architecture
+    document ``doc`` records for the architecture ``read_arch(path, index)`` reads, or ``None``
+    when it records none (files written before budgets were recorded, hand-written files).
+
+    ``lana search`` records it per target (``budgets`` -> table -> ``given``), ``lana verify`` as
+    ``budget``, ``lana select`` (and ``lana assemble`` after it) as ``selection.budget``.
+    """
+    found = _arch_budgets(doc, {})
+    if found:
+        i = index or 0
+        return found[i] if 0 <= i < len(found) else None
+    from lana.select import architectures_in
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read_arch has said it already
+            cands = architectures_in(doc, path)
+    except LanaError:
+        return None
+    i = index or 0
+    if not 0 <= i < len(cands):
+        return None
+    return _own_budget(cands[i].arch.extra) or _budget_text(cands[i].budget)
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """The budget :func:`validate` checks, before the measurement turns it into milliseconds."""
+
+    given: str | float | None  # for parse_budget: "0.5x", "4.2", or ms; None: no budget checked
+    source: str | None  # where it came from ("--budget 0.5x", "architecture file", ...)
+    note: str | None = None  # why the architecture file's budget was left aside
+
+    @property
+    def relative(self) -> bool:
+        return is_relative_budget(self.given)
+
+    @property
+    def label(self) -> str | None:
+        """The budget as given, as text (``"0.5x"``, ``"4.2"``); ``None`` without one."""
+        if self.given is None:
+            return None
+        return f"{self.given:g}" if isinstance(self.given, (int, float)) else str(self.given)
+
+
+ARCH_BUDGET_SOURCE = "architecture file"
+
+
+def resolve_budget(budget: str | float | None, arch: "Architecture", lut: "Lut", device: str,
+                   recorded: str | None = None) -> BudgetChoice:
+    """Which budget :func:`validate` checks (no measurement here).
+
+    An explicit ``budget`` (``--budget``) always.  Without it the budget the architecture file
+    recorded as the search was given it (``recorded``, see :func:`recorded_budget`): a relative
+    one (``0.5x``) is taken, like ``--budget 0.5x``, of the teacher measured beside the network,
+    when the architecture was searched on ``device`` (one LUT, of this preset; which LUT of it
+    does not matter, the teacher is measured).  Otherwise (an absolute budget, or none recorded:
+    files of older versions) the file's ``budget_ms``, the search's predicted limit, in
+    milliseconds, when it is this LUT's (:func:`architecture_budget`).
+    """
+    if budget is not None:
+        return BudgetChoice(budget, f"--budget {budget}")
+    recorded = _budget_text(recorded)
+    if recorded is not None and is_relative_budget(recorded):
+        given = f"the architecture file's budget {recorded}"
+        fix = f"no budget is checked; pass --budget {recorded} to check it against the teacher here"
+        tables = list(arch.predicted_ms)
+        if not tables:
+            note = f"{given} does not say which device it was searched on (no predicted_ms); {fix}"
+        elif len(tables) > 1:
+            note = (f"{given} comes from a search over several LUTs ({', '.join(tables)}) and does "
+                    f"not say whose it is; {fix}")
+        elif tables[0] != device:
+            note = f"{given} was searched on device {tables[0]}, not {device}; {fix}"
+        else:
+            return BudgetChoice(recorded, f"{ARCH_BUDGET_SOURCE} (budget {recorded})")
+        return BudgetChoice(None, None, note)
+    budget_ms, note = architecture_budget(arch, lut, device)
+    return BudgetChoice(budget_ms, ARCH_BUDGET_SOURCE if budget_ms is not None else None, note)
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 
@@ -332,6 +464,7 @@ class Validation:
     teacher_noisy: bool = False
     budget_relative: bool = False  # budget_ms is a fraction of teacher_measured_ms
     budget_note: str | None = None  # why the architecture file's budget was not checked
+    budget: str | None = None  # the budget checked, as given ("0.5x", "4.2"), if any
 
     @property
     def rel_error(self) -> float:
@@ -380,7 +513,8 @@ class Validation:
             "teacher_noisy": self.teacher_noisy,
             "teacher_predicted_ms": number(self.teacher_predicted_ms),
             "speedup": number(self.speedup), "predicted_speedup": number(self.predicted_speedup),
-            "budget_source": self.budget_source, "budget_relative": self.budget_relative,
+            "budget": self.budget, "budget_source": self.budget_source,
+            "budget_relative": self.budget_relative,
             "budget_note": self.budget_note,
             "teacher": self.teacher, "device": self.device, "lut": self.lut,
             "weights": self.weights, "ops": list(self.ops),
@@ -404,8 +538,13 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     ``budget`` is milliseconds, checked against the measured network, or ``"<f>x"``: a fraction of
     the teacher measured beside it (as ``lana run`` and ``lana verify`` take it, so a machine
     running faster or slower as a whole than when the LUT was profiled cannot decide it).  Without
-    it the architecture file's ``budget_ms`` is checked when it was searched with this LUT
-    (:func:`architecture_budget`; otherwise a warning says why none is checked).  ``weights`` is a
+    it the budget the architecture file recorded as the search was given it: a relative one
+    (``0.5x``) is taken of the teacher measured here, exactly as ``budget="0.5x"`` would be, when
+    the file was searched on this device; an absolute one, or the ``budget_ms`` of a file that
+    records no budget as given (older versions), is checked in milliseconds when the file was
+    searched with this LUT (:func:`resolve_budget`; otherwise a warning says why none is checked).
+    ``budget``/``budget_source`` of the result say which budget was checked and where it came
+    from.  ``weights`` is a
     ``student.pt`` (refused when missing); without it the network is measured with random weights
     (latency does not depend on them).  ``protocol`` overrides the LUT's (tests); ``repeats`` (3,
     as the command) alternates teacher and network that many times and keeps each one's median
@@ -427,8 +566,14 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
                               f"assemble or lana finetune wrote, or leave out --weights to measure "
                               f"random weights (latency does not depend on them)")
     parse_budget(budget, 1.0)  # refuse a malformed budget before any work
-    if not isinstance(arch, Architecture):
-        arch = read_arch(arch, index)
+    if isinstance(arch, Architecture):
+        recorded = _own_budget(arch.extra)
+    else:
+        path = arch
+        arch = read_arch(path, index)
+        recorded = None
+        if budget is None:  # read_arch has read the file as JSON
+            recorded = recorded_budget(json.loads(Path(path).read_text()), index, path)
     lut_obj, preset = open_lut(lut, device, teacher=arch.teacher)
     selector, input_shape = recorded_layout(arch.teacher, lut_obj.data, selector, input_shape)
     teacher = create_teacher(arch.teacher, selector=selector or lut_obj.data.get("selector"),
@@ -441,11 +586,9 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     raw, calibrated = predicted(lut_obj, arch.ops)
     teacher_keys = teacher_architecture(teacher).ops
     teacher_ms = lut_obj.predict(teacher_keys) if all(lut_obj.has(k) for k in teacher_keys) else None
-    note = None
-    if budget is None:
-        budget_ms, note = architecture_budget(arch, lut_obj, preset.name)
-        if note is not None:
-            warnings.warn(note, stacklevel=2)
+    choice = resolve_budget(budget, arch, lut_obj, preset.name, recorded)
+    if choice.note is not None:
+        warnings.warn(choice.note, stacklevel=2)
 
     model = None
     used = "random"
@@ -470,20 +613,17 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
         protocol=protocol or lut_protocol(lut_obj), config=config,
         labels=(f"the student of {arch.teacher}", f"teacher {arch.teacher}"))
     m, t = robust_pick(runs), robust_pick(teacher_runs)
-    relative = is_relative_budget(budget)
-    if budget is not None:
-        budget_ms = parse_budget(budget, t.median)
-        source = f"--budget {budget}"
-    else:
-        source = "architecture file" if budget_ms is not None else None
+    # A relative budget is taken of the teacher measured in this session, an absolute one as is.
+    budget_ms = parse_budget(choice.given, t.median)
     return Validation(
         teacher=arch.teacher, device=preset.name, lut=str(lut), ops=tuple(arch.ops),
         predicted_ms=raw, predicted_calibrated_ms=calibrated, measured_ms=m.median,
         measured_p10_ms=m.p10, measured_p90_ms=m.p90, measured_n=m.n, noisy=m.noisy,
         teacher_predicted_ms=teacher_ms if teacher_ms is not None else math.nan,
-        budget_ms=budget_ms, budget_source=source, tolerance=float(tolerance), weights=used,
-        calibrated=lut_obj.calibration is not None, teacher_measured_ms=t.median,
-        teacher_noisy=t.noisy, budget_relative=relative, budget_note=note)
+        budget_ms=budget_ms, budget_source=choice.source, tolerance=float(tolerance),
+        weights=used, calibrated=lut_obj.calibration is not None, teacher_measured_ms=t.median,
+        teacher_noisy=t.noisy, budget_relative=choice.relative, budget_note=choice.note,
+        budget=choice.label)
 
 
 def read_student_ops(path: str | Path) -> list[str]:
@@ -539,8 +679,8 @@ def plot_predicted_vs_measured(points: Sequence[tuple[float, float]], path: str 
     return path
 
 
-__all__ = ["NetworkSession", "Validation", "ValidationError", "architecture_budget",
-           "check_lut_layers",
+__all__ = ["BudgetChoice", "NetworkSession", "Validation", "ValidationError",
+           "architecture_budget", "check_lut_layers", "recorded_budget", "resolve_budget",
            "lut_backend_config", "lut_protocol",
            "measure_network", "network_protocol", "open_lut", "parse_budget", "robust_pick", "plot_predicted_vs_measured",
            "predicted", "resolve_device", "validate"]

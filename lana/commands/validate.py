@@ -6,11 +6,17 @@ Prints predicted latency (raw LUT sum, and calibrated when the LUT has a calibra
 latency, the relative error, the speed-up measured (teacher / network, both measured here) beside
 the predicted one, and whether the budget holds in reality.  The budget is --budget: milliseconds,
 checked against the measured network, or 0.5x = half the teacher measured in this session (as lana
-run and lana verify take it); else the architecture file's budget_ms, when the file was searched
-with this LUT (a note says so when it was not, and no budget is checked).  Exit status 1 when the
-measured latency exceeds the budget by more than --tolerance, so the command can guard a budget in
-CI.  --json prints {"predicted_ms", "predicted_calibrated_ms", "measured_ms", "rel_error",
-"teacher_measured_ms", "speedup", "budget_ms", "within_budget", ...}.
+run and lana verify take it).  Without --budget, the budget the architecture file recorded as the
+search was given it (lana search, verify and select record it, lana assemble keeps select's): a
+relative one such as 0.5x is taken of the teacher measured in this session, as --budget 0.5x would
+be, when the file was searched on this device; an absolute one, or the budget_ms of a file that
+records no budget as given (older versions), is checked in milliseconds when the file was searched
+with this LUT.  A note says why when the file's budget is left aside, and no budget is checked
+then.  Exit status 1 when the measured latency exceeds the budget by more than --tolerance, so the
+command can guard a budget in CI.  --json prints {"predicted_ms", "predicted_calibrated_ms",
+"measured_ms", "rel_error", "teacher_measured_ms", "speedup", "budget_ms", "within_budget",
+"budget" (the budget checked, as given: "0.5x", "4.2"), "budget_source" ("--budget 0.5x",
+"architecture file (budget 0.5x)", or "architecture file" for its budget_ms), ...}.
 
     lana validate --arch run/arch.json --device cpu-ort --lut luts/cpu-ort/demo.json --budget 0.5x
 """
@@ -33,8 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", required=True, help="device preset the LUT was measured with")
     p.add_argument("--lut", required=True, help="the LUT the architecture was searched with")
     p.add_argument("--budget", help="milliseconds, or a fraction of the teacher measured beside "
-                   "the network such as 0.5x (default: the architecture file's budget_ms, when it "
-                   "was searched with this LUT)")
+                   "the network such as 0.5x (default: the budget the architecture file recorded "
+                   "as the search was given it, when searched on this device: a relative one is "
+                   "taken of the teacher measured here, as --budget 0.5x would be; a file that "
+                   "records none (older versions): its budget_ms, when searched with this LUT)")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="fraction the measured latency may exceed the budget by (default 0.05)")
     p.add_argument("--weights", help="student.pt to measure (default: random weights; latency "
@@ -108,7 +116,8 @@ def _print_table(r) -> None:
                    "[yellow]missed, within tolerance[/]" if r.passed else "[red]MISSED[/]")
         # A relative budget is a fraction of the teacher measured here, an absolute one is in ms;
         # both are checked against the network measured here.
-        label = (f"budget {r.budget_source.removeprefix('--budget ')} of measured teacher"
+        origin = "" if r.budget_source.startswith("--budget") else " (architecture file)"
+        label = (f"budget {r.budget} of measured teacher{origin}"
                  if r.budget_relative else f"budget ({r.budget_source}, absolute)")
         table.add_row(label, f"{r.budget_ms:.3f}",
                       f"{verdict} ({r.measured_ms / r.budget_ms - 1:+.1%}, tolerance "

@@ -152,6 +152,7 @@ def test_plot_is_a_png(arch_file, demo_lut, tiny_device, tmp_path, capsys):
 
 @pytest.mark.parametrize("text,teacher,expected", [
     ("4.5", None, 4.5), ("4.5ms", None, 4.5), ("0.5x", 3.0, 1.5), (2, None, 2.0), (None, 1.0, None),
+    ("0.5X", 3.0, 1.5), ("4.5MS", None, 4.5),  # as lana search accepts them
 ])
 def test_parse_budget(text, teacher, expected):
     assert parse_budget(text, teacher) == expected
