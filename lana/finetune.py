@@ -4,8 +4,9 @@ The student starts from its distilled ops (teacher layers, stem and head from th
 trained with ``(1 - kd_weight) * cross-entropy + kd_weight * T^2 * KL(teacher || student)`` at
 temperature ``T`` from the teacher's logits on the same (augmented) batch, AdamW with a cosine
 schedule after a short warm-up.  Validation top-1 is reported after every epoch.  After every epoch
-``<out>/checkpoint.pt`` is replaced atomically (model, optimizer, schedule, history), so
-``resume=True`` continues an interrupted run from the last finished epoch.  Launched by
+``<out>/checkpoint.pt`` is replaced atomically (model, optimizer, schedule, history and the
+settings), so ``resume=True`` continues an interrupted run from the last finished epoch with the
+settings left out taken from the checkpoint.  Launched by
 ``torchrun``, every process trains on its own share of each batch order and DDP averages the
 gradients.
 
@@ -115,11 +116,11 @@ def _load_arch(arch: "Architecture | str | Path") -> "Architecture":
 
 def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" = None,
              pretrain: str | Path | None = None, data: Any = None,
-             out: str | Path = "run/finetune", *, epochs: int = DEFAULT_EPOCHS,
-             resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR,
-             weight_decay: float = DEFAULT_WEIGHT_DECAY,
-             temperature: float = DEFAULT_TEMPERATURE, kd_weight: float = DEFAULT_KD_WEIGHT,
-             images: int | None = None, device: str | None = None, seed: int = 0,
+             out: str | Path = "run/finetune", *, epochs: int | None = None,
+             resume: bool = False, batch_size: int | None = None, lr: float | None = None,
+             weight_decay: float | None = None, temperature: float | None = None,
+             kd_weight: float | None = None, images: int | None = None,
+             device: str | None = None, seed: int | None = None,
              teacher_weights: str | Path | None = None, selector: str | None = None,
              input_shape: Any = None, progress: bool = True) -> dict:
     """Fine-tune ``arch`` (see the module docstring); returns the metrics written.
@@ -127,11 +128,30 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
     ``pretrain`` None starts every replaced op from its random initialisation (the
     no-pretraining baseline); ``images`` caps the training images (quick runs).  A user
     module's ``selector`` and ``input_shape`` default to those ``pretrain`` recorded.
+    ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``temperature``, ``kd_weight``,
+    ``images`` and ``seed`` left None take the defaults (:data:`DEFAULT_EPOCHS`, ..., all
+    images, seed 0) or, on ``resume``, the values the checkpoint in ``out`` recorded; a value
+    other than the recorded one is refused, as the epochs trained so far depend on it.
     """
     from lana.assemble import check_arch, save_student
-    from lana.pretrain import load_splits, open_teacher, read_manifest, teacher_digest
+    from lana.pretrain import (DEFAULT_SEED, _setting, load_splits, open_teacher, read_manifest,
+                               teacher_digest)
     from lana.select import build_candidate
 
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT
+    ck = _read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    recorded = _recorded_settings(ck)
+    epochs = _setting(epochs, recorded, "epochs", int, DEFAULT_EPOCHS)
+    batch_size = _setting(batch_size, recorded, "batch_size", int, DEFAULT_BATCH_SIZE)
+    lr = _setting(lr, recorded, "lr", (int, float), DEFAULT_LR)
+    weight_decay = _setting(weight_decay, recorded, "weight_decay", (int, float),
+                            DEFAULT_WEIGHT_DECAY)
+    temperature = _setting(temperature, recorded, "temperature", (int, float),
+                           DEFAULT_TEMPERATURE)
+    kd_weight = _setting(kd_weight, recorded, "kd_weight", (int, float), DEFAULT_KD_WEIGHT)
+    images = _setting(images, recorded, "images", int, None)  # recorded: the count trained on
+    seed = _setting(seed, recorded, "seed", int, DEFAULT_SEED)
     if epochs < 1:
         raise FinetuneError(f"--epochs must be at least 1, got {epochs}")
     if batch_size < 2:
@@ -153,8 +173,6 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
                          else a.teacher, teacher_weights, selector=selector,
                          input_shape=input_shape, pretrain=pretrain)
         check_arch(a, t)
-        out = Path(out)
-        ckpt_path = out / CHECKPOINT
         pool = a.pool or None
         if pretrain is not None:
             pool = read_manifest(pretrain, t, pool).get("pool")
@@ -197,9 +215,9 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
         config = {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                   "temperature": temperature, "kd_weight": kd_weight, "images": len(train),
                   "seed": seed}
-        if resume and ckpt_path.is_file():
-            first_epoch, history, seconds_before = _restore(ckpt_path, student, opt, sched, scaler,
-                                                            a, digest, epochs, config)
+        if ck is not None:
+            first_epoch, history, seconds_before = _restore(ck, ckpt_path, student, opt, sched,
+                                                            scaler, a, digest, epochs, config)
         teacher_top1 = top1(t.model, splits.val, dev)
         model: nn.Module = student
         if info.distributed:
@@ -276,28 +294,45 @@ def finetune(arch: "Architecture | str | Path", teacher: "str | Teacher | None" 
         teardown(info)
 
 
-def _restore(path: Path, student: nn.Module, opt, sched, scaler, arch: "Architecture",
-             digest: str, epochs: int, config: dict) -> tuple[int, dict, float]:
-    """Load a checkpoint into the run; the epochs done, the history and the seconds spent."""
+def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path`` as saved (an unreadable one is an error, never reused)."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        ops, state = ck["arch"], ck["model"]
+        if not {"arch", "model"} <= ck.keys():
+            raise KeyError("arch" if "arch" not in ck else "model")
     except Exception as exc:  # a truncated or foreign file: never reuse it silently
         raise FinetuneError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it "
                             f"to start over") from exc
+    return ck
+
+
+def _recorded_settings(ck: dict | None) -> dict | None:
+    """The settings checkpoint ``ck`` was made with (its ``config`` and ``epochs``; a checkpoint
+    from before the settings were recorded has only the epochs), or None (no checkpoint)."""
+    if ck is None:
+        return None
+    made = ck.get("config")
+    return {**(made if isinstance(made, dict) else {}), "epochs": ck.get("epochs")}
+
+
+def _restore(ck: dict, path: Path, student: nn.Module, opt, sched, scaler, arch: "Architecture",
+             digest: str, epochs: int, config: dict) -> tuple[int, dict, float]:
+    """Load checkpoint ``ck`` (read from ``path``) into the run; the epochs done, the history and
+    the seconds spent."""
+    ops, state = ck["arch"], ck["model"]
     if list(ops) != list(arch.ops) or ck.get("teacher_digest") != digest:
         raise FinetuneError(f"checkpoint {path} belongs to another architecture or teacher; pass "
                             f"a fresh --out")
     if int(ck.get("epochs", epochs)) != epochs:
         raise FinetuneError(f"checkpoint {path} was made for --epochs {ck.get('epochs')}; resume "
-                            f"with the same --epochs (the schedule depends on it)")
+                            f"with the same --epochs (the schedule depends on it) or leave it out")
     made = ck.get("config")
     if isinstance(made, dict):  # checkpoints before the settings were recorded cannot be checked
         differ = [k for k in config if k in made and made[k] != config[k]]
         if differ:
             was = " ".join(f"--{k.replace('_', '-')} {made[k]}" for k in differ)
             raise FinetuneError(f"checkpoint {path} was made with {was}; resume with the same "
-                                f"values or pass a fresh --out")
+                                f"values (or leave them out to use them) or pass a fresh --out")
     try:
         student.load_state_dict(state, strict=True)
         opt.load_state_dict(ck["optimizer"])

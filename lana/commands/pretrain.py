@@ -17,24 +17,17 @@ import sys
 import warnings
 
 from lana.cli import command_parser, layer_arguments, positive, whole
-
-
-class Given(argparse.Action):
-    """Store an option's value and note in ``namespace.given`` that it was typed, so that a
-    resumed run can tell a value left at its default from one asked for."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+from lana.commands import Given
 
 
 def add_common(p: argparse.ArgumentParser, recorded: str = "--pretrain", *,
-               resumable: bool = False) -> None:
+               resumable: bool = False, data_recorded: bool = False) -> None:
     """Options every training stage shares (``recorded``: what holds a user module's layout;
-    ``resumable``: --seed defaults to the recorded one on --resume, see :class:`Given`)."""
+    ``resumable``: --seed defaults to the recorded one on --resume, see :class:`Given`;
+    ``data_recorded``: so does --data)."""
     layer_arguments(p, recorded)
     p.add_argument("--data", help="data directory (train/<class>/, val/<class>/); default: the "
-                   "embedded digits" + (", or the one OUT recorded on --resume" if resumable
+                   "embedded digits" + (", or the one OUT recorded on --resume" if data_recorded
                                        else ""))
     p.add_argument("--teacher-weights", help="state_dict file of the teacher (default: the weights "
                    "shipped with it, or those a user module's factory loads)")
@@ -88,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"use at most N training images (quick runs; default: all, {recorded})")
     p.add_argument("--layer", type=int, action="append", help="train only these layer indices")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    add_common(p, "OUT (on --resume)", resumable=True)
+    add_common(p, "OUT (on --resume)", resumable=True, data_recorded=True)
     p.set_defaults(func=run)
 
 
