@@ -496,7 +496,7 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
     from lana.export import export_onnx
     from lana.atomic import write_text
     from lana.ops import deploy
-    from lana.pretrain import read_manifest, recorded_header
+    from lana.pretrain import check_manifest, read_manifest
     from lana.teachers import recorded_layout
 
     if not isinstance(arch, Architecture):
@@ -509,13 +509,13 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
             what = "is a file" if Path(pretrain_dir).exists() else "does not exist"
             raise ArchError(f"pretrain directory {pretrain_dir} {what}; pass the --out directory "
                             f"of lana pretrain, or leave --pretrain out for random weights")
-        read_manifest(pretrain_dir)  # a folder lana pretrain did not write is refused
-    selector, input_shape = recorded_layout(arch.teacher, recorded_header(pretrain_dir), selector,
-                                            input_shape)
+    # a folder lana pretrain did not write is refused before the teacher is built
+    manifest = read_manifest(pretrain_dir) if pretrain_dir is not None else None
+    selector, input_shape = recorded_layout(arch.teacher, manifest, selector, input_shape)
     t = open_teacher(arch.teacher, selector=selector, input_shape=input_shape,
                      weights=teacher_weights)
-    if pretrain_dir is not None and t.pretrained:
-        read_manifest(pretrain_dir, t)  # ops distilled from other teacher weights are refused
+    if manifest is not None and t.pretrained:
+        check_manifest(manifest, pretrain_dir, t)  # ops distilled from other teacher weights
     check_arch(arch, t)
     if not arch.layer_names:
         arch = arch.replace(layer_names=tuple(l.name for l in t.layers))

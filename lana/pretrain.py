@@ -300,6 +300,13 @@ def read_manifest(pretrain_dir: str | Path, teacher: "Teacher | None" = None,
     if str(manifest.get("schema", "")).partition("/")[0] != SCHEMA.partition("/")[0]:
         raise PretrainError(f"{path} has schema {manifest.get('schema')!r}, expected {SCHEMA!r}; "
                             f"pass the --out directory of lana pretrain")
+    return check_manifest(manifest, pretrain_dir, teacher, pool)
+
+
+def check_manifest(manifest: dict, pretrain_dir: str | Path, teacher: "Teacher | None" = None,
+                   pool: str | None = None) -> dict:
+    """``manifest`` (read by :func:`read_manifest` from ``pretrain_dir``), refused when its ops
+    were distilled from another teacher (name, layers or weights) or another pool."""
     if teacher is not None:
         if manifest.get("teacher") != teacher.name:
             raise PretrainError(f"{pretrain_dir} holds ops distilled from teacher "

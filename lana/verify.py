@@ -139,6 +139,11 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
             warnings.simplefilter("ignore", SearchWarning)
             table = load_table(scores, [lut])
 
+    def measure(networks: list, tick: Callable[[int, int], None]) -> list[tuple[float, float]]:
+        """(latency, spread) of the teacher, then of each network, measured beside each other."""
+        return measure_architectures([teacher_ops] + networks, the_lut, preset, repeats=repeats,
+                                     progress=tick)
+
     measured: list[dict[str, Any]] = []
     round_log: list[dict[str, Any]] = []
     seen: set[tuple[str, ...]] = set()
@@ -157,8 +162,7 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
         for attempt in range(settle + 1):
             if attempt:
                 time.sleep(settle_s)
-            got = measure_architectures([teacher_ops] + [b[0] for b in batch], the_lut, preset,
-                                        repeats=repeats, progress=tick)
+            got = measure([b[0] for b in batch], tick)
             attempts += 1
             ratio = got[0][0] / teacher_pred
             if results is None or abs(math.log(ratio)) < off:
@@ -191,8 +195,7 @@ def verify(search: str | Path, lut: str | Path, device: str, budget: str, *,
         # candidates are measured again (beside the teacher) and pass only if they pass again.
         unsure = [m for m in this if m["passed"] and m["spread"] > BUSY_SPREAD]
         if unsure:
-            again = measure_architectures([teacher_ops] + [m["keys"] for m in unsure], the_lut,
-                                          preset, repeats=repeats, progress=tick)
+            again = measure([m["keys"] for m in unsure], tick)
             limit_again = parse_budget(budget, again[0][0]) if relative else budget_ms
             for m, (ms, spread) in zip(unsure, again[1:]):
                 m.update(passed=ms <= limit_again, remeasured_ratio=ms / again[0][0],
