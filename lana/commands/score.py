@@ -2,7 +2,10 @@
 
 a_ij = cross-entropy with op j in layer i - cross-entropy of the teacher, on --samples images of
 the calib split (the teacher op scores 0).  The teacher's activations before layer i are computed
-once per batch and reused for every op.  Writes the scores file lana search reads:
+once per batch and reused for every op.  A run estimated to need more than 80 % of the memory
+available (the layer outputs of a batch, the ops' working tensors and the images, at this input
+shape and batch size) is refused before it starts; lower --batch-size or --input-shape.  Writes the
+scores file lana search reads:
 {"schema": "lana.scores/1", "teacher", "pool", "teacher_loss", "n_samples",
  "layers": [{"name", "scores": {op_key: loss change}}, ...]} (plus teacher_top1 and per-op top1).
 """
