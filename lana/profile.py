@@ -49,12 +49,16 @@ class ProfileReport:
     """What one ``profile`` call did; timings in seconds."""
 
     out: Path
-    total: int = 0  # distinct op keys this shard covers (skeleton not counted)
+    # The counts are of distinct op keys; the skeleton (the LUT's fixed part) is in none of them.
+    total: int = 0  # distinct op keys this shard covers
     measured: int = 0  # measured in this call
     reused: int = 0  # already in the file (resume)
     retried: int = 0  # recorded as failed in the file and tried again (resume)
     failed: int = 0  # recorded as failed in this call
     noisy: int = 0  # measured in this call and still noisy after re-measurement
+    # The skeleton: "measured" (in this call), "noisy" (measured in this call and still noisy),
+    # "failed" (in this call), "reused" (already in the file), or None (another shard's).
+    skeleton: str | None = None
     wall_s: float = 0.0  # the whole call, pool building included
     setup_s: float = 0.0  # teacher, pool and LUT file set-up, before the first op
     prepare_s: float = 0.0  # the export phase: every op's ONNX file made or found (wall)
@@ -486,8 +490,11 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
             again = f", {report.retried} that failed tried again" if report.retried else ""
             print(f"resuming {out_path}: {report.reused} of {len(keys)} ops already measured; "
                   f"{len(todo)} to go{again}", file=sys.stderr)
-        if (shard_t is None or shard_t[0] == 1) and (lut.fixed is None or "failed" in lut.fixed):
-            todo.append(None)  # the skeleton, measured last
+        if shard_t is None or shard_t[0] == 1:
+            if lut.fixed is None or "failed" in lut.fixed:
+                todo.append(None)  # the skeleton, measured last
+            else:
+                report.skeleton = "reused"
         total = len(todo)
         report.setup_s = time.perf_counter() - start
 
@@ -533,7 +540,8 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
                 report.activate_s += backend.activate_s
             report.measure_s += m.wall_s
             report.timed_s += m.timed_s
-            report.noisy += int(m.noisy)
+            if key is not None:
+                report.noisy += int(m.noisy)
             return m.to_dict(samples=keep_samples)
 
         threads = torch.get_num_threads()
@@ -568,8 +576,11 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
                 t_write = time.perf_counter()
                 writer.add(key, entry)
                 report.write_s += time.perf_counter() - t_write
+                if key is None:
+                    report.skeleton = ("failed" if "failed" in entry else
+                                       "noisy" if entry.get("noisy") else "measured")
                 if "failed" in entry:
-                    report.failed += 1
+                    report.failed += int(key is not None)
                     msg = f"{key or 'skeleton'}: {entry['failed']}"
                     report.warnings.append(msg)
                     if bar is not None:
@@ -577,7 +588,7 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
 
                         bar.console.print(f"[yellow]failed[/] {escape(msg)}")
                 else:
-                    report.measured += 1
+                    report.measured += int(key is not None)
                 checks = monitor.checks
                 message = monitor.check()
                 if message:
@@ -591,7 +602,8 @@ def profile(device: str, teacher: str, *, pool: str = "full", out: str | os.Path
         except BaseException:
             # Stopped before anything was timed (in the export phase, say): a file this call made
             # holds nothing to resume, and would only make the same command ask for --resume.
-            stopped_empty = fresh and report.measured == 0 and report.failed == 0
+            stopped_empty = (fresh and report.measured == 0 and report.failed == 0
+                             and report.skeleton is None)
             raise
         finally:
             torch.set_num_threads(threads)

@@ -62,7 +62,8 @@ def test_profile_writes_a_complete_versioned_lut(tmp_path, demo_pool):
     report = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD)
     expected = shard_keys(layer_pools)
     assert report.total == len(expected) and report.failed == 0 and report.reused == 0
-    assert report.measured == len(expected) + 1  # each distinct key once, plus the skeleton
+    assert report.measured == len(expected)  # each distinct key once
+    assert report.skeleton in ("measured", "noisy")  # and the skeleton, counted apart
     lut = Lut.load(out, teacher="demo", batch_size=1)
     assert set(lut.entries) == set(expected)
     lut.require(expected)
@@ -81,6 +82,38 @@ def test_profile_writes_a_complete_versioned_lut(tmp_path, demo_pool):
     load = lut.device["seen"]["load"]  # the machine's load while timing, recorded with the LUT
     assert load == report.load and load["threads"] == 1 and load["cpus"] >= 1
     assert load["checks"] >= 1 and isinstance(load["busy"], bool) and "others_peak" in load
+
+
+def _json_report(capsys, args: list[str]) -> dict:
+    assert cli_main(["profile", *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # The counts are of op keys, the skeleton is reported apart: measured never exceeds total.
+    assert report["measured"] <= report["total"]
+    assert report["measured"] + report["reused"] + report["failed"] == report["total"]
+    assert report["noisy"] <= report["measured"]
+    return report
+
+
+def test_json_report_counts_are_consistent(tmp_path, capsys, demo_pool):
+    out = tmp_path / "demo.json"
+    args = ["--device", preset(tmp_path), "--teacher", "demo", "--pool", "small", "--out",
+            str(out), "--shard", SHARD]
+    first = _json_report(capsys, args)
+    assert first["total"] == len(shard_keys(demo_pool[1])) > 0
+    assert first["measured"] == first["total"] and first["failed"] == first["reused"] == 0
+    assert first["skeleton"] in ("measured", "noisy") and Lut.load(out).fixed_ms > 0
+    again = _json_report(capsys, args + ["--resume"])  # a complete file: nothing to measure
+    assert again["measured"] == 0 and again["reused"] == again["total"] == first["total"]
+    assert again["skeleton"] == "reused"
+    other = _json_report(capsys, [*args[:-3], str(tmp_path / "two.json"), "--shard", "2/6"])
+    assert other["measured"] == other["total"] == len(shard_keys(demo_pool[1], "2/6"))
+    assert other["skeleton"] is None  # shard 1 measures it
+    assert Lut.load(tmp_path / "two.json").fixed is None
+    profile(preset(tmp_path), "demo", pool="small", out=tmp_path / "three.json", shard=SHARD)
+    assert cli_main(["profile", *args[:-3], str(tmp_path / "three.json"), "--shard", SHARD,
+                     "--resume"]) == 0
+    assert f"0 measured, {first['total']} already there, 0 failed, 0 noisy of {first['total']} " \
+           f"ops; the skeleton already there" in capsys.readouterr().out
 
 
 def test_existing_file_is_refused_without_resume_or_force(tmp_path):
@@ -104,7 +137,8 @@ def test_interrupted_profile_resumes_without_remeasuring(tmp_path, demo_pool):
     first = Lut.load(out).entries
     assert len(first) == 4 and not journal_path(out).exists()
     report = profile(tiny, "demo", pool="small", out=out, shard=SHARD, resume=True)
-    assert report.reused == 4 and report.measured == report.total - 4 + 1
+    assert report.reused == 4 and report.measured == report.total - 4
+    assert report.skeleton in ("measured", "noisy")  # measured last: not before the interrupt
     final = Lut.load(out)
     assert set(final.entries) == set(shard_keys(demo_pool[1]))
     assert all(final.entries[k] == v for k, v in first.items())  # nothing measured twice
@@ -144,12 +178,12 @@ def test_failed_export_and_engine_build_are_recorded(tmp_path, demo_pool, monkey
     assert lut.failed(export_fails).startswith("export failed: ONNX export of Residual failed")
     assert lut.failed(build_fails).startswith("engine build failed: ONNX Runtime cannot load")
     assert not lut.has(export_fails) and report.failed >= 2
-    assert report.measured >= report.total - report.failed
+    assert report.measured == report.total - report.failed
     lut.require(shard_keys(demo_pool[1]))  # failed entries are present, skipped by the search
     # --resume tries failed ops again: here the export works now
     monkeypatch.undo()
     again = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD, resume=True)
-    assert again.retried == report.failed and again.failed == 0
+    assert again.retried == report.failed and again.failed == 0 and again.skeleton == "reused"
     assert Lut.load(out).has(export_fails) and Lut.load(out).has(build_fails)
 
 
@@ -165,7 +199,7 @@ def test_an_export_cache_cleared_during_the_profile_is_exported_again(tmp_path, 
     out = tmp_path / "demo.json"
     report = profile(preset(tmp_path), "demo", pool="small", out=out, shard=SHARD,
                      cache_dir=cache, on_progress=clear_after_two)
-    assert report.failed == 0 and report.measured == report.total + 1
+    assert report.failed == 0 and report.measured == report.total
     assert report.exported >= report.total + (report.total - 2)  # all, then the rest again
 
 
@@ -320,7 +354,8 @@ def test_killed_profile_process_loses_nothing_and_resumes(tmp_path, demo_pool):
     assert proc.returncode == 0, err
     report = json.loads(stdout)
     assert report["reused"] == len(after_int)
-    assert report["measured"] == len(expected) - len(after_int) + 1  # the rest and the skeleton
+    assert report["measured"] == len(expected) - len(after_int)  # the rest
+    assert report["skeleton"] in ("measured", "noisy")  # and the skeleton, measured last
     final = Lut.load(out)
     assert set(final.entries) == set(expected) and final.fixed_ms > 0
     assert all(final.entries[k] == v for k, v in after_int.items())  # nothing re-measured
@@ -388,7 +423,8 @@ def test_export_phase_in_worker_processes_makes_the_files_timing_uses(tmp_path, 
     a = profile(tiny, "demo", pool="small", out=tmp_path / "a.json", shard=SHARD, cache_dir=cache,
                 jobs=2)
     assert a.jobs == 2 and a.exported == a.total + 1 and a.failed == 0
-    assert a.measured == a.total + 1 and a.build_s > 0 and a.export_s > 0 and a.prepare_s > 0
+    assert a.measured == a.total and a.skeleton in ("measured", "noisy")
+    assert a.build_s > 0 and a.export_s > 0 and a.prepare_s > 0
     lut = Lut.load(tmp_path / "a.json")
     assert set(lut.entries) == set(shard_keys(demo_pool[1])) and lut.fixed_ms > 0
     # The workers built the very modules this process builds (teacher weights included): a run in

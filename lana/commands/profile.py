@@ -49,7 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="processes exporting ONNX files before timing starts (default: one per CPU "
                         "for 200 ops or more, else 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the run's report as JSON")
+    p.add_argument("--json", action="store_true", help="print the run's report as JSON (total, "
+                   "measured, reused, failed, noisy: counts of op keys; skeleton: measured, "
+                   "noisy, failed, reused or null)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rate = report.measured / (report.loop_s / 60) if report.loop_s > 0 else 0.0
     retried = f" ({report.retried} tried again)" if report.retried else ""
+    skeleton = {"measured": "; the skeleton measured", "noisy": "; the skeleton measured (noisy)",
+                "failed": "; the skeleton failed", "reused": "; the skeleton already there",
+                None: "; the skeleton is shard 1's"}[report.skeleton]
     print(f"{report.out}: {report.measured} measured, {report.reused} already there, "
-          f"{report.failed} failed{retried}, {report.noisy} noisy (of {report.total} ops and the "
-          f"skeleton) "
+          f"{report.failed} failed{retried}, {report.noisy} noisy of {report.total} ops{skeleton} "
           f"in {report.wall_s:.0f} s ({rate:.0f} ops/min)"
           + ("; the machine was busy: see the warning above" if report.load.get("busy") else ""))
     if args.cache_dir is None:
