@@ -427,7 +427,10 @@ class Pipeline:
                                f"{c.device!r}: not calibrated here (calibrate it on its device "
                                f"with lana lut calibrate)[/]")
             return {"calibration": "other device"}
-        if existing and existing.get("pool") == c.pool:
+        from lana.verify import STATISTIC
+
+        if (existing and existing.get("pool") == c.pool
+                and existing.get("statistic", "median") == STATISTIC):
             self.console.print(f"LUT calibration for the {c.pool} pool: {existing.get('model')}, "
                                f"held-out error {_held_out_text(existing)}")
             return {"calibration": "kept"}
@@ -438,9 +441,11 @@ class Pipeline:
                                  f"{c.pool} pool measured end to end"):
             try:
                 # Affine fits only: the search exploits per-family terms (see AFFINE_FITS).
+                # Fitted to fastest iterations, as verify and validation measure networks.
                 rep = calibrate(target, c.device, teacher=c.teacher, samples=samples,
                                 seed=c.seed, pool=c.pool, candidates=AFFINE_FITS,
-                                repeats=c.repeats)
+                                repeats=c.repeats, statistic=STATISTIC,
+                                drift_correction=False)
             except TooFewArchitectures as exc:
                 self.console.print(f"[yellow]not calibrated: {exc}; the search uses the LUT "
                                    f"sum[/]")

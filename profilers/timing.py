@@ -115,6 +115,12 @@ class Measurement:
         return quantile(self._sorted, 0.5)
 
     @property
+    def fastest(self) -> float:
+        """The fastest timed iteration: what the entry costs when nothing else on the machine
+        gets in its way (interference only ever adds time)."""
+        return self._sorted[0]
+
+    @property
     def p10(self) -> float:
         return quantile(self._sorted, 0.1)
 

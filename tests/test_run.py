@@ -49,6 +49,8 @@ def test_profile_stage_calibrates_the_lut_on_the_runs_pool(finished_run):
     assert stages["profile"]["calibration"] == "fitted"
     cal = json.loads((out / "lut.json").read_text())["calibration"]
     assert cal["pool"] == "single-shot" and cal["n_fit"] + cal["n_held_out"] >= 6
+    # fitted to fastest iterations, the figure verify and validation compare
+    assert cal["statistic"] == "fastest" and cal["drift_correction"] is False
     # the search's predictions are the calibrated ones: the teacher's predicted latency is the fit
     # applied to the LUT sum
     summary = json.loads((out / "summary.json").read_text())
@@ -276,6 +278,51 @@ def test_verify_measures_again_a_candidate_that_passed_on_widely_spread_repeats(
         [0.5] + [0.9] * (calls[0] - 1))
     assert f"{calls[0]} candidate(s) passed on repeats spread over 15%; measured again, 1 still " \
            f"pass" in lines[0]
+
+
+def test_verify_compares_fastest_iterations(finished_run, tiny_device, monkeypatch):
+    import lana.calibrate as calibrate
+    from lana.verify import verify
+
+    out, _ = finished_run
+    asked = []
+
+    def fake(archs, lut, preset, **kwargs):
+        asked.append((kwargs.get("statistic"), kwargs.get("drift_correction")))
+        teacher = lut.predict(archs[0])
+        return [(teacher, 0.05)] + [(0.5 * teacher, 0.05) for _ in archs[1:]]
+
+    monkeypatch.setattr(calibrate, "measure_architectures", fake)
+    verify(out / "search.json", out / "lut.json", tiny_device, "0.6x", rounds=0)
+    assert asked == [("fastest", False)]
+
+
+def test_validation_judges_the_budget_on_fastest_iterations(finished_run, tiny_device,
+                                                            monkeypatch, tmp_path):
+    """A student whose median iterations measure 0.7 of the teacher's (a busy machine slowing it
+    more) but whose fastest measure 0.5 meets a 0.6x budget; both figures are recorded."""
+    import shutil
+
+    import lana.bench
+    from lana.run import Pipeline
+    from lana.run_report import validate_run
+    from profilers import Measurement
+
+    def fake(a, a_shape, b, b_shape, preset, *, repeats, **kwargs):
+        student = [Measurement((0.5, 0.7, 0.7, 0.9)) for _ in range(repeats)]
+        teacher = [Measurement((1.0, 1.0, 1.0, 1.2)) for _ in range(repeats)]
+        return student, teacher, {}
+
+    monkeypatch.setattr(lana.bench, "interleaved", fake)
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    config = RunConfig(teacher="demo", device=tiny_device, budget="0.6x", **QUICK)
+    val = validate_run(Pipeline(config, out))
+    assert val["statistic"] == "fastest"
+    assert val["student"]["measured_ms"] == pytest.approx(0.5)
+    assert val["student"]["median_ms"] == pytest.approx(0.7)
+    assert val["speedup"] == pytest.approx(2.0) and val["speedup_median"] == pytest.approx(1 / 0.7)
+    assert val["budget_measured_ms"] == pytest.approx(0.6) and val["within_budget"]
 
 
 def test_verify_with_no_repeats_is_one_line_error(finished_run, tiny_device, tmp_path, capsys):

@@ -48,9 +48,11 @@ def register_into(lut_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-family-terms", action="store_true",
                    help="fit affine calibrations only, no term per op family (what lana run "
                         "does: a search exploits those terms)")
-    p.add_argument("--statistic", choices=("median", "min"), default="median",
-                   help="what an architecture's repeats reduce to (default median); min finds "
-                        "the uncontended latency on a shared machine, with --no-drift-correction")
+    p.add_argument("--statistic", choices=("median", "min", "fastest"), default="median",
+                   help="what an architecture's repeats reduce to (default median); min (the "
+                        "fastest repeat's median) and fastest (the fastest timed iteration, what "
+                        "lana run fits) find the uncontended latency on a shared machine, with "
+                        "--no-drift-correction")
     p.add_argument("--dry-run", action="store_true", help="report without writing the LUT")
     p.add_argument("--plot", help="write a PNG of predicted vs. measured latency here")
     p.add_argument("--json", action="store_true", help="machine-readable report")

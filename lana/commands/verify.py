@@ -1,8 +1,9 @@
 """Measure a search's candidates end to end; drop those over the budget, search again if too few fit.
 
 Every architecture the search found for --budget is assembled and timed with the LUT's backend and
-protocol, the teacher measured between them (a relative budget such as 0.5x is taken of that
-measured teacher).  While fewer than --min-kept meet the budget, the search runs again under a
+protocol, in turn with the teacher (a relative budget such as 0.5x is taken of that measured
+teacher); a network's latency is its fastest timed iteration over its --repeats, which busy moments
+of a shared machine cannot lower.  While fewer than --min-kept meet the budget, the search runs again under a
 predicted limit corrected by what was measured (the measured/predicted ratio after one search, a
 straight line through all candidates after more), at most --rounds times.  --out holds the passing
 architectures (what lana select reads) and every measurement; exit status 1 when none passed (the

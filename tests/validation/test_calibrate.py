@@ -263,6 +263,21 @@ def test_repeats_reduce_to_median_or_min_and_noisy_repeats_are_left_out():
     assert n1 == pytest.approx(2.0)  # the noisy 1.5 does not count
 
 
+def test_fastest_takes_each_networks_fastest_iteration_over_all_its_repeats():
+    from profilers import Measurement
+
+    # network 0: its repeats' medians are 1.0-1.6 but a busy moment never reached its fastest
+    # iteration (0.9); network 1: its fastest iteration was in a repeat flagged noisy, which counts
+    runs = [[(Measurement((1.0, 0.9, 1.2)), None), (Measurement((1.6, 1.7, 1.5)), None)],
+            [(Measurement((2.2, 2.4, 2.3)), None),
+             (Measurement((1.9, 3.0, 4.0), noisy=True), None)]]
+    (f0, s0), (f1, s1) = combine_repeats(runs, "fastest", drift_correction=False)
+    assert f0 == pytest.approx(0.9) and s0 == pytest.approx((1.5 - 0.9) / 0.9)
+    assert f1 == pytest.approx(1.9)
+    assert [m for m, _ in combine_repeats(runs, "median", drift_correction=False)] == \
+        pytest.approx([1.3, 2.3])  # the median of the clean repeats' medians
+
+
 def _interleaved(net_ms, teacher_ms):
     """measure_repeats' layout from timings in the order taken: every network once per repeat,
     each after a teacher timing: ``net_ms[t]`` and ``teacher_ms[t]``, t = repeat * n + network."""
