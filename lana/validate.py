@@ -448,7 +448,7 @@ class Validation:
     ops: tuple[str, ...]  # the architecture's op keys
     predicted_ms: float  # LUT sum (fixed + entries), uncalibrated
     predicted_calibrated_ms: float  # lut.predict: calibrated when the LUT has a calibration
-    measured_ms: float  # median of the end-to-end measurement
+    measured_ms: float  # the end-to-end latency, by ``statistic``
     measured_p10_ms: float
     measured_p90_ms: float
     measured_n: int  # timed iterations behind the median
@@ -465,6 +465,10 @@ class Validation:
     budget_relative: bool = False  # budget_ms is a fraction of teacher_measured_ms
     budget_note: str | None = None  # why the architecture file's budget was not checked
     budget: str | None = None  # the budget checked, as given ("0.5x", "4.2"), if any
+    # What measured_ms and teacher_measured_ms are: "median" (the median repeat's median
+    # iteration) or "fastest" (the fastest iteration over the repeats), as the LUT was calibrated
+    statistic: str = "median"
+    measured_median_ms: float = math.nan  # the median repeat's median, whatever ``statistic``
 
     @property
     def rel_error(self) -> float:
@@ -508,7 +512,8 @@ class Validation:
             "passed": self.passed, "tolerance": self.tolerance,
             "rel_error_raw": self.rel_error_raw, "calibrated": self.calibrated,
             "measured_p10_ms": self.measured_p10_ms, "measured_p90_ms": self.measured_p90_ms,
-            "measured_n": self.measured_n, "noisy": self.noisy,
+            "measured_n": self.measured_n, "noisy": self.noisy, "statistic": self.statistic,
+            "measured_median_ms": number(self.measured_median_ms),
             "teacher_measured_ms": number(self.teacher_measured_ms),
             "teacher_noisy": self.teacher_noisy,
             "teacher_predicted_ms": number(self.teacher_predicted_ms),
@@ -547,8 +552,11 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     from.  ``weights`` is a
     ``student.pt`` (refused when missing); without it the network is measured with random weights
     (latency does not depend on them).  ``protocol`` overrides the LUT's (tests); ``repeats`` (3,
-    as the command) alternates teacher and network that many times and keeps each one's median
-    repeat (:func:`robust_pick`).
+    as the command) alternates teacher and network that many times.  Each one's latency is taken
+    the way the LUT's calibration was fitted, so prediction and measurement compare like with
+    like: its fastest iteration over the repeats for a calibration fitted to fastest iterations
+    (as ``lana run`` fits it, see :data:`lana.verify.STATISTIC`), else its median repeat's median
+    (:func:`robust_pick`).
     """
     from lana.assemble import (Architecture, build_student, check_arch, load_student, read_arch,
                                teacher_architecture)
@@ -613,17 +621,24 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
         protocol=protocol or lut_protocol(lut_obj), config=config,
         labels=(f"the student of {arch.teacher}", f"teacher {arch.teacher}"))
     m, t = robust_pick(runs), robust_pick(teacher_runs)
+    statistic = "fastest" if (lut_obj.calibration or {}).get("statistic") == "fastest" else "median"
+    if statistic == "fastest":
+        measured_ms = min(r.fastest for r in runs)
+        teacher_measured = min(r.fastest for r in teacher_runs)
+    else:
+        measured_ms, teacher_measured = m.median, t.median
     # A relative budget is taken of the teacher measured in this session, an absolute one as is.
-    budget_ms = parse_budget(choice.given, t.median)
+    budget_ms = parse_budget(choice.given, teacher_measured)
     return Validation(
         teacher=arch.teacher, device=preset.name, lut=str(lut), ops=tuple(arch.ops),
-        predicted_ms=raw, predicted_calibrated_ms=calibrated, measured_ms=m.median,
+        predicted_ms=raw, predicted_calibrated_ms=calibrated, measured_ms=measured_ms,
         measured_p10_ms=m.p10, measured_p90_ms=m.p90, measured_n=m.n, noisy=m.noisy,
         teacher_predicted_ms=teacher_ms if teacher_ms is not None else math.nan,
         budget_ms=budget_ms, budget_source=choice.source, tolerance=float(tolerance),
-        weights=used, calibrated=lut_obj.calibration is not None, teacher_measured_ms=t.median,
+        weights=used, calibrated=lut_obj.calibration is not None,
+        teacher_measured_ms=teacher_measured,
         teacher_noisy=t.noisy, budget_relative=choice.relative, budget_note=choice.note,
-        budget=choice.label)
+        budget=choice.label, statistic=statistic, measured_median_ms=m.median)
 
 
 def read_student_ops(path: str | Path) -> list[str]:

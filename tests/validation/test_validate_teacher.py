@@ -158,3 +158,32 @@ def test_budget_of_another_device_is_not_checked(arch_file, demo_lut, tiny_devic
         warnings.simplefilter("error")
         r = validate(arch_file, tiny_device, demo_lut, repeats=1, budget="0.4x")
     assert r.budget_ms == pytest.approx(0.4) and r.budget_note is None and not r.passed
+
+
+def test_a_lut_calibrated_to_fastest_iterations_is_compared_with_fastest_iterations(
+        arch_file, demo_lut, tiny_device, demo_teacher, monkeypatch, capsys):
+    from lana.calibrate import calibrate
+
+    calibrate(demo_lut, tiny_device, samples=6, repeats=1, statistic="fastest",
+              drift_correction=False)  # as lana run calibrates its LUT
+    pred = teacher_predicted(demo_lut, demo_teacher)
+
+    def interleaved(a, a_shape, b, b_shape, preset, *, repeats, **kwargs):
+        # medians 0.3 and 0.5 of the prediction; fastest iterations 0.2 and 0.4
+        return ([Measurement((0.2 * pred,) + (0.3 * pred,) * 4) for _ in range(repeats)],
+                [Measurement((0.4 * pred,) + (0.5 * pred,) * 4) for _ in range(repeats)], {})
+
+    monkeypatch.setattr(lana.bench, "interleaved", interleaved)
+    monkeypatch.setenv("COLUMNS", "200")
+    base = ["validate", "--arch", str(arch_file), "--device", tiny_device, "--lut",
+            str(demo_lut), "--repeats", "3", "--budget", "0.5x"]
+    assert main(base + ["--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["statistic"] == "fastest"
+    assert doc["measured_ms"] == pytest.approx(0.2 * pred)
+    assert doc["measured_median_ms"] == pytest.approx(0.3 * pred)
+    assert doc["teacher_measured_ms"] == pytest.approx(0.4 * pred)
+    assert doc["budget_ms"] == pytest.approx(0.2 * pred) and doc["within_budget"] is True
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "measured (fastest iteration)" in out and "teacher measured (fastest iteration)" in out
