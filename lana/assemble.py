@@ -122,18 +122,29 @@ class Architecture:
         return dataclasses.replace(self, **changes)
 
 
-def _collect_archs(data: Any) -> list[Any]:
-    """Every ``lana.arch`` object in a document, in order (a file may hold one, a list, or budgets)."""
+def _collect_archs(data: Any, ctx: Mapping[str, Any] | None = None
+                   ) -> list[tuple[Mapping, Mapping[str, Any]]]:
+    """Every ``lana.arch`` object in a document, in order (a file may hold one, a list, or
+    budgets), each with the budget context around it, as :func:`lana.select.read_architectures`
+    reads it (a search report's ``budgets`` ``given``, a verify result's ``budget``, lists keyed
+    by budget labels)."""
+    from lana.select import _CONTAINERS, _budget_context
+
+    ctx = {} if ctx is None else ctx
     if isinstance(data, Mapping):
         if str(data.get("schema", "")).startswith("lana.arch/"):
-            return [data]
-        found: list[Any] = []
-        for value in data.values():
+            return [(data, ctx)]
+        here = _budget_context(data, ctx)
+        found: list[tuple[Mapping, Mapping[str, Any]]] = []
+        for key, value in data.items():
             if isinstance(value, (list, Mapping)):
-                found += _collect_archs(value)
+                sub = here
+                if isinstance(value, list) and key not in _CONTAINERS and key != "pareto":
+                    sub = {**here, "budget": str(key)}
+                found += _collect_archs(value, sub)
         return found
     if isinstance(data, list):
-        return [a for item in data for a in _collect_archs(item)]
+        return [a for item in data for a in _collect_archs(item, ctx)]
     return []
 
 
@@ -143,31 +154,45 @@ def read_arch(path: str | Path, index: int | None = None) -> Architecture:
     A file written by ``lana search`` may hold several architectures (K per budget); ``index``
     picks one (0 = the first).  With several and no index the first is used and a warning says so.
     """
+    return read_arch_budget(path, index)[0]
+
+
+def read_arch_budget(path: str | Path, index: int | None = None
+                     ) -> tuple[Architecture, str | None]:
+    """:func:`read_arch`, and the budget label the file records around that architecture (a search
+    report's target, a verify result's budget), as written; None when it records none.  A budget
+    the architecture records itself (``budget``, ``selection``) stays in its ``extra``."""
     path = Path(path)
     data = read_json_file(path, ArchError, "architecture file",
                           missing=f"write one with lana search --out {path}",
                           invalid="re-run lana search")
     refuse_other_kind(data, path, ("lana.search", "lana.arch", "lana.verify"),
                       "an architecture file", "pass the --out of lana search or select", ArchError)
+    return arch_in_document(data, path, index)
+
+
+def arch_in_document(data: Any, path: str | Path, index: int | None = None
+                     ) -> tuple[Architecture, str | None]:
+    """:func:`read_arch_budget` of an already parsed document ``data`` (read from ``path``)."""
+    path = Path(path)
     found = _collect_archs(data)
     if not found:
         if isinstance(data, Mapping) and "schema" in data and "ops" in data:
-            return Architecture.from_dict(data, f"architecture file {path}")
+            return Architecture.from_dict(data, f"architecture file {path}"), None
         if isinstance(data, (Mapping, list)) and not (isinstance(data, Mapping)
                                                       and "schema" in data):
             # A search result whose solutions carry no schema of their own (teacher, pool and
             # budgets in the enclosing document): lana select reads those.
-            from lana.select import read_architectures
+            from lana.select import architectures_in
 
-            return _pick([c.arch for c in read_architectures(path)], index, path)
+            cands = architectures_in(data, path)
+            chosen = cands[_index(len(cands), index, path)]
+            return chosen.arch, chosen.budget
         raise ArchError(f"{path} holds no architecture (schema {ARCH_SCHEMA!r}); pass a file "
                         f"written by lana search")
     index = _index(len(found), index, path)
-    return Architecture.from_dict(found[index], f"architecture {index} of {path}")
-
-
-def _pick(archs: list[Architecture], index: int | None, path: Path) -> Architecture:
-    return archs[_index(len(archs), index, path)]
+    node, ctx = found[index]
+    return Architecture.from_dict(node, f"architecture {index} of {path}"), ctx.get("budget")
 
 
 def _index(n: int, index: int | None, path: Path) -> int:
@@ -500,7 +525,7 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
     from lana.teachers import recorded_layout
 
     if not isinstance(arch, Architecture):
-        arch = _with_budget(read_arch(arch, index), arch, index)
+        arch = _with_budget(*read_arch_budget(arch, index))
     if teacher is not None and teacher != arch.teacher:
         raise ArchError(f"the architecture is for teacher {arch.teacher!r}, not {teacher!r}; "
                         f"pass --teacher {arch.teacher} or an architecture searched for {teacher}")
@@ -550,19 +575,16 @@ def assemble(arch: Architecture | str | Path, out_dir: str | Path, *, teacher: s
     return result
 
 
-def _with_budget(arch: Architecture, path: str | Path, index: int | None) -> Architecture:
-    """``arch`` read from ``path``, holding the budget as the search was given it (``"0.5x"``)
-    when the file records it around the architecture (a search report), so ``lana validate``
-    of the assembled ``arch.json`` judges that budget rather than its predicted limit."""
-    from lana.validate import recorded_budget
+def _with_budget(arch: Architecture, label: str | None) -> Architecture:
+    """``arch`` holding the budget as the search was given it (``"0.5x"``), from ``label`` (what
+    the file it came from records around it, a search report's target), so ``lana validate`` of
+    the assembled ``arch.json`` judges that budget rather than its predicted limit."""
+    from lana.validate import arch_budget
 
     if arch.extra.get("budget") is not None or "selection" in arch.extra:
         return arch
-    with contextlib.suppress(OSError, ValueError):
-        label = recorded_budget(json.loads(Path(path).read_text()), index, path)
-        if label is not None:
-            return arch.replace(extra={**arch.extra, "budget": label})
-    return arch
+    given = arch_budget(arch, label)
+    return arch.replace(extra={**arch.extra, "budget": given}) if given is not None else arch
 
 
 # What assemble writes into <out>, in the order a new set replaces the old one (manifest last).

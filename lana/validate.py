@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import re
 import shutil
@@ -326,28 +325,11 @@ def _own_budget(node: Any) -> str | None:
     return own
 
 
-def _arch_budgets(node: Any, ctx: dict) -> list[str | None]:
-    """The budget as given around every ``lana.arch`` object of a document, in the order
-    :func:`lana.assemble.read_arch` counts them (``--index``), with the budget context
-    :func:`lana.select.read_architectures` reads (a search report's ``budgets`` ``given``, a verify
-    result's ``budget``, lists keyed by budget labels)."""
-    from lana.select import _CONTAINERS, _budget_context
-
-    if isinstance(node, Mapping):
-        if str(node.get("schema", "")).startswith("lana.arch/"):
-            return [_own_budget(node) or _budget_text(ctx.get("budget"))]
-        here = _budget_context(node, ctx)
-        found: list[str | None] = []
-        for key, value in node.items():
-            if isinstance(value, (list, Mapping)):
-                sub = here
-                if isinstance(value, list) and key not in _CONTAINERS and key != "pareto":
-                    sub = {**here, "budget": str(key)}
-                found += _arch_budgets(value, sub)
-        return found
-    if isinstance(node, list):
-        return [b for item in node for b in _arch_budgets(item, ctx)]
-    return []
+def arch_budget(arch: "Architecture", label: Any = None) -> str | None:
+    """The budget as the search was given it (``"0.5x"``, ``"12.5"``) for ``arch``: the one it
+    records itself (:func:`_own_budget`), else ``label``, what the file it came from records around
+    it (:func:`lana.assemble.read_arch_budget`); None when neither is a budget."""
+    return _own_budget(arch.extra) or _budget_text(label)
 
 
 def recorded_budget(doc: Any, index: int | None = None, path: str | Path = "architecture file"
@@ -359,22 +341,15 @@ def recorded_budget(doc: Any, index: int | None = None, path: str | Path = "arch
     ``lana search`` records it per target (``budgets`` -> table -> ``given``), ``lana verify`` as
     ``budget``, ``lana select`` (and ``lana assemble`` after it) as ``selection.budget``.
     """
-    found = _arch_budgets(doc, {})
-    if found:
-        i = index or 0
-        return found[i] if 0 <= i < len(found) else None
-    from lana.select import architectures_in
+    from lana.assemble import arch_in_document
 
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # read_arch has said it already
-            cands = architectures_in(doc, path)
+            warnings.simplefilter("ignore")  # read_arch says it when it reads the file
+            arch, label = arch_in_document(doc, path, index)
     except LanaError:
         return None
-    i = index or 0
-    if not 0 <= i < len(cands):
-        return None
-    return _own_budget(cands[i].arch.extra) or _budget_text(cands[i].budget)
+    return arch_budget(arch, label)
 
 
 @dataclass(frozen=True)
@@ -558,8 +533,8 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
     (as ``lana run`` fits it, see :data:`lana.verify.STATISTIC`), else its median repeat's median
     (:func:`robust_pick`).
     """
-    from lana.assemble import (Architecture, build_student, check_arch, load_student, read_arch,
-                               teacher_architecture)
+    from lana.assemble import (Architecture, build_student, check_arch, load_student,
+                               read_arch_budget, teacher_architecture)
     from lana.bench import interleaved
     from lana.teachers import create_teacher, recorded_layout
 
@@ -574,14 +549,10 @@ def validate(arch: "Architecture | str | Path", device: str, lut: str | Path, *,
                               f"assemble or lana finetune wrote, or leave out --weights to measure "
                               f"random weights (latency does not depend on them)")
     parse_budget(budget, 1.0)  # refuse a malformed budget before any work
-    if isinstance(arch, Architecture):
-        recorded = _own_budget(arch.extra)
-    else:
-        path = arch
-        arch = read_arch(path, index)
-        recorded = None
-        if budget is None:  # read_arch has read the file as JSON
-            recorded = recorded_budget(json.loads(Path(path).read_text()), index, path)
+    label = None
+    if not isinstance(arch, Architecture):
+        arch, label = read_arch_budget(arch, index)
+    recorded = arch_budget(arch, label)
     lut_obj, preset = open_lut(lut, device, teacher=arch.teacher)
     selector, input_shape = recorded_layout(arch.teacher, lut_obj.data, selector, input_shape)
     teacher = create_teacher(arch.teacher, selector=selector or lut_obj.data.get("selector"),
@@ -695,7 +666,8 @@ def plot_predicted_vs_measured(points: Sequence[tuple[float, float]], path: str 
 
 
 __all__ = ["BudgetChoice", "NetworkSession", "Validation", "ValidationError",
-           "architecture_budget", "check_lut_layers", "recorded_budget", "resolve_budget",
+           "arch_budget", "architecture_budget", "check_lut_layers", "recorded_budget",
+           "resolve_budget",
            "lut_backend_config", "lut_protocol",
            "measure_network", "network_protocol", "open_lut", "parse_budget", "robust_pick", "plot_predicted_vs_measured",
            "predicted", "resolve_device", "validate"]
